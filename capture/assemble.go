@@ -1,0 +1,139 @@
+package capture
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pglogrepl"
+
+	pgcourier "github.com/pgcourier/pgcourier"
+)
+
+// assembler turns pgoutput messages into whole transactions. It keeps the
+// relations the stream has described; a new Relation message for a table
+// replaces its entry with a new *Relation, so changes made before keep the
+// column list they were made against.
+type assembler struct {
+	relations map[uint32]*pgcourier.Relation
+	typeName  func(ctx context.Context, oid uint32, typmod int32) (string, error)
+
+	open    bool
+	skip    bool // the open transaction carries a replication origin
+	tx      pgcourier.Transaction
+	txBytes int
+}
+
+func newAssembler(typeName func(ctx context.Context, oid uint32, typmod int32) (string, error)) *assembler {
+	return &assembler{relations: map[uint32]*pgcourier.Relation{}, typeName: typeName}
+}
+
+// committed is a transaction the stream finished.
+type committed struct {
+	tx      pgcourier.Transaction
+	endLSN  pgcourier.LSN // end of the commit record: what the slot may confirm
+	skipped bool          // carried an origin: relayed data, not captured
+	bytes   int           // approximate size of its values
+}
+
+// inTransaction reports whether a transaction has begun and not committed.
+func (a *assembler) inTransaction() bool { return a.open }
+
+// add feeds one pgoutput message. It returns the transaction when msg was
+// its commit.
+func (a *assembler) add(ctx context.Context, msg pglogrepl.Message) (*committed, error) {
+	switch m := msg.(type) {
+	case *pglogrepl.RelationMessage:
+		rel := &pgcourier.Relation{Schema: m.Namespace, Name: m.RelationName, Columns: make([]pgcourier.Column, len(m.Columns))}
+		for i, c := range m.Columns {
+			typ, err := a.typeName(ctx, c.DataType, c.TypeModifier)
+			if err != nil {
+				return nil, err
+			}
+			rel.Columns[i] = pgcourier.Column{Name: c.Name, Type: typ, Key: c.Flags&1 != 0}
+		}
+		a.relations[m.RelationID] = rel
+	case *pglogrepl.BeginMessage:
+		if a.open {
+			return nil, fmt.Errorf("begin of a transaction inside another")
+		}
+		a.open, a.skip, a.txBytes = true, false, 0
+		a.tx = pgcourier.Transaction{CommitLSN: pgcourier.LSN(m.FinalLSN), CommitTime: m.CommitTime}
+	case *pglogrepl.OriginMessage:
+		a.skip = true
+	case *pglogrepl.InsertMessage:
+		return nil, a.change(m.RelationID, pgcourier.OpInsert, m.Tuple, nil)
+	case *pglogrepl.UpdateMessage:
+		return nil, a.change(m.RelationID, pgcourier.OpUpdate, m.NewTuple, m.OldTuple)
+	case *pglogrepl.DeleteMessage:
+		return nil, a.change(m.RelationID, pgcourier.OpDelete, nil, m.OldTuple)
+	case *pglogrepl.TruncateMessage:
+		for _, id := range m.RelationIDs {
+			if err := a.change(id, pgcourier.OpTruncate, nil, nil); err != nil {
+				return nil, err
+			}
+		}
+	case *pglogrepl.CommitMessage:
+		if !a.open {
+			return nil, fmt.Errorf("commit without a transaction")
+		}
+		a.open = false
+		c := &committed{tx: a.tx, endLSN: pgcourier.LSN(m.TransactionEndLSN), skipped: a.skip, bytes: a.txBytes}
+		c.tx.CommitLSN = pgcourier.LSN(m.CommitLSN)
+		c.tx.CommitTime = m.CommitTime
+		a.tx = pgcourier.Transaction{}
+		return c, nil
+	case *pglogrepl.TypeMessage:
+		// Type names are resolved from the catalog with each Relation message.
+	}
+	return nil, nil
+}
+
+func (a *assembler) change(relID uint32, op pgcourier.Op, newTuple, oldTuple *pglogrepl.TupleData) error {
+	if !a.open {
+		return fmt.Errorf("%s outside a transaction", op)
+	}
+	if a.skip {
+		return nil
+	}
+	rel, ok := a.relations[relID]
+	if !ok {
+		return fmt.Errorf("%s of relation %d before its Relation message", op, relID)
+	}
+	ch := pgcourier.Change{Rel: rel, Op: op}
+	var err error
+	if newTuple != nil {
+		if ch.New, err = a.values(rel, newTuple); err != nil {
+			return err
+		}
+	}
+	if oldTuple != nil {
+		if ch.Old, err = a.values(rel, oldTuple); err != nil {
+			return err
+		}
+	}
+	a.tx.Changes = append(a.tx.Changes, ch)
+	return nil
+}
+
+// values converts a tuple; its columns are those of rel, in order.
+func (a *assembler) values(rel *pgcourier.Relation, t *pglogrepl.TupleData) ([]pgcourier.Value, error) {
+	if len(t.Columns) != len(rel.Columns) {
+		return nil, fmt.Errorf("row of %s.%s has %d columns, its relation %d", rel.Schema, rel.Name, len(t.Columns), len(rel.Columns))
+	}
+	vs := make([]pgcourier.Value, len(t.Columns))
+	for i, c := range t.Columns {
+		switch c.DataType {
+		case pglogrepl.TupleDataTypeNull:
+			vs[i] = pgcourier.Value{Kind: pgcourier.Null}
+		case pglogrepl.TupleDataTypeToast:
+			vs[i] = pgcourier.Value{Kind: pgcourier.Unchanged}
+		case pglogrepl.TupleDataTypeText:
+			vs[i] = pgcourier.TextValue(string(c.Data))
+			a.txBytes += len(c.Data)
+		default:
+			return nil, fmt.Errorf("column %s of %s.%s: unexpected tuple data type %q", rel.Columns[i].Name, rel.Schema, rel.Name, c.DataType)
+		}
+		a.txBytes += 2
+	}
+	return vs, nil
+}

@@ -1,0 +1,445 @@
+// Package capture turns a node's committed local changes into batches in its
+// durable outbox.
+//
+// A Capturer streams the node's logical replication slot (pgoutput, through
+// pglogrepl), assembles whole transactions, and appends them as numbered
+// batches to pgcourier.outbox in the node's own database. It confirms a
+// position to the slot only after the outbox transaction that holds
+// everything before it has committed, so a crash at any moment loses nothing
+// and, because the outbox records the last captured commit LSN in the same
+// transaction, captures nothing twice. Transactions that carry a replication
+// origin were written by pgcourier's applier on behalf of another source and
+// are skipped.
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	pgcourier "github.com/pgcourier/pgcourier"
+	"github.com/pgcourier/pgcourier/wire"
+)
+
+// Options configure a Capturer.
+type Options struct {
+	Node        string                // the source id written into every batch
+	Database    string                // connection string of the node's own database
+	Slot        string                // the logical replication slot (see Setup)
+	Publication string                // the publication the slot streams
+	Tables      pgcourier.TableFilter // the tables to capture; the publication follows it at start
+
+	// A batch closes when it holds MaxBatchRows changes or about
+	// MaxBatchBytes of values, or MaxBatchDelay after its first transaction
+	// arrived: small batches while changes trickle in, large ones under load.
+	MaxBatchRows  int
+	MaxBatchBytes int
+	MaxBatchDelay time.Duration
+
+	// StatusInterval is how often the slot hears from the capturer when
+	// nothing else prompts it.
+	StatusInterval time.Duration
+	// ReadTimeout bounds every read of the replication stream; a server that
+	// stays silent longer (it sends keepalives) is treated as gone.
+	ReadTimeout time.Duration
+
+	Logger *slog.Logger
+}
+
+// Defaults for zero Options fields.
+const (
+	DefaultMaxBatchRows   = 10000
+	DefaultMaxBatchBytes  = 8 << 20
+	DefaultMaxBatchDelay  = 100 * time.Millisecond
+	DefaultStatusInterval = 10 * time.Second
+	DefaultReadTimeout    = 90 * time.Second
+)
+
+// Capturer streams a node's changes into its outbox. Create it with New and
+// run it with Run.
+type Capturer struct {
+	opts Options
+	log  *slog.Logger
+}
+
+// New checks opts, fills in defaults and returns a Capturer. It starts
+// nothing.
+func New(opts Options) (*Capturer, error) {
+	if err := pgcourier.CheckNodeID(opts.Node); err != nil {
+		return nil, fmt.Errorf("capture: %w", err)
+	}
+	if opts.Database == "" || opts.Slot == "" || opts.Publication == "" {
+		return nil, fmt.Errorf("capture: database, slot and publication are required")
+	}
+	if opts.MaxBatchRows <= 0 {
+		opts.MaxBatchRows = DefaultMaxBatchRows
+	}
+	if opts.MaxBatchBytes <= 0 {
+		opts.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	if opts.MaxBatchDelay <= 0 {
+		opts.MaxBatchDelay = DefaultMaxBatchDelay
+	}
+	if opts.StatusInterval <= 0 {
+		opts.StatusInterval = DefaultStatusInterval
+	}
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = DefaultReadTimeout
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Capturer{opts: opts, log: log.With("slot", opts.Slot)}, nil
+}
+
+// Run captures until ctx is done, then returns nil. A lost connection or a
+// Postgres restart is retried with backoff; a lost slot (ErrSlotLost) ends
+// Run with that error, because capture cannot go on without losing data.
+func (c *Capturer) Run(ctx context.Context) error {
+	const minBackoff, maxBackoff = 500 * time.Millisecond, 30 * time.Second
+	backoff := minBackoff
+	for {
+		started := time.Now()
+		err := c.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrSlotLost) {
+			return err
+		}
+		if time.Since(started) > time.Minute {
+			backoff = minBackoff
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		c.log.Warn("capture interrupted; retrying", "err", err, "retry_in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// session runs one replication connection until it fails or ctx is done.
+func (c *Capturer) session(ctx context.Context) error {
+	db, err := pgx.Connect(ctx, c.opts.Database)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer db.Close(context.WithoutCancel(ctx))
+
+	res, err := Setup(ctx, db, SetupOptions{Slot: c.opts.Slot, Publication: c.opts.Publication, Tables: c.opts.Tables})
+	if errors.Is(err, ErrNoIdentity) {
+		c.log.Error("tables left out of capture", "err", err)
+	} else if err != nil {
+		return err
+	}
+	for _, t := range res.Added {
+		c.log.Info("table added to capture", "table", t.Ident())
+	}
+
+	ob, err := openOutbox(ctx, db, c.opts.Node, c.opts.Slot)
+	if err != nil {
+		return err
+	}
+
+	rcfg, err := pgconn.ParseConfig(c.opts.Database)
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	rcfg.RuntimeParams["replication"] = "database"
+	rcfg.RuntimeParams["application_name"] = "pgcourier capture " + c.opts.Node
+	// Values travel as Postgres prints them; fix the output styles so every
+	// upstream reads them the same whatever this server's defaults are.
+	for k, v := range pgcourier.ValueSettings() {
+		rcfg.RuntimeParams[k] = v
+	}
+	repl, err := pgconn.ConnectConfig(ctx, rcfg)
+	if err != nil {
+		return fmt.Errorf("connect for replication: %w", err)
+	}
+	defer repl.Close(context.WithoutCancel(ctx))
+
+	err = pglogrepl.StartReplication(ctx, repl, c.opts.Slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", c.opts.Publication)},
+	})
+	if err != nil {
+		return fmt.Errorf("start replication: %w", err)
+	}
+	c.log.Info("capture streaming", "epoch", ob.epoch, "next_seq", ob.nextSeq, "last_commit_lsn", ob.lastCommitLSN)
+
+	s := &stream{c: c, db: db, repl: repl, ob: ob}
+	s.asm = newAssembler(s.typeName)
+	err = s.run(ctx)
+	if ctx.Err() != nil {
+		// Shutting down: what is pending is not in the outbox, so it is not
+		// confirmed either; the slot sends it again next time.
+		s.sendStatus(context.WithoutCancel(ctx)) //nolint:errcheck // best effort on the way out
+	}
+	return err
+}
+
+// stream is the state of one replication session.
+type stream struct {
+	c    *Capturer
+	db   *pgx.Conn
+	repl *pgconn.PgConn
+	ob   *outbox
+	asm  *assembler
+
+	pending      []pgcourier.Transaction
+	pendingRows  int
+	pendingBytes int
+	flushAt      time.Time
+
+	processed  pgcourier.LSN // end of the last commit handled (pending or skipped)
+	durable    pgcourier.LSN // confirmed to the slot: everything before it is in the outbox
+	nextStatus time.Time
+
+	types map[typeKey]string
+}
+
+type typeKey struct {
+	oid    uint32
+	typmod int32
+}
+
+func (s *stream) typeName(ctx context.Context, oid uint32, typmod int32) (string, error) {
+	k := typeKey{oid, typmod}
+	if n, ok := s.types[k]; ok {
+		return n, nil
+	}
+	var n string
+	if err := s.db.QueryRow(ctx, `SELECT format_type($1, nullif($2, -1))`, oid, typmod).Scan(&n); err != nil {
+		return "", fmt.Errorf("look up type %d: %w", oid, err)
+	}
+	if s.types == nil {
+		s.types = map[typeKey]string{}
+	}
+	s.types[k] = n
+	return n, nil
+}
+
+func (s *stream) run(ctx context.Context) error {
+	opts := s.c.opts
+	s.nextStatus = time.Now().Add(opts.StatusInterval)
+	lastHeard := time.Now()
+	for {
+		deadline := s.nextStatus
+		if len(s.pending) > 0 && s.flushAt.Before(deadline) {
+			deadline = s.flushAt
+		}
+		if heardBy := lastHeard.Add(opts.ReadTimeout); heardBy.Before(deadline) {
+			deadline = heardBy
+		}
+		rctx, cancel := context.WithDeadline(ctx, deadline)
+		raw, err := s.repl.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if !pgconn.Timeout(err) {
+				return fmt.Errorf("receive: %w", err)
+			}
+			if time.Since(lastHeard) >= opts.ReadTimeout {
+				return fmt.Errorf("receive: no message from the server for %s", opts.ReadTimeout)
+			}
+			if err := s.tick(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		lastHeard = time.Now()
+		switch msg := raw.(type) {
+		case *pgproto3.CopyData:
+			if err := s.copyData(ctx, msg.Data); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+		default:
+			return fmt.Errorf("replication stream: unexpected message %T", raw)
+		}
+		if err := s.tick(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// tick flushes a batch that is due and sends a status update that is due.
+func (s *stream) tick(ctx context.Context) error {
+	now := time.Now()
+	if len(s.pending) > 0 && !now.Before(s.flushAt) {
+		if err := s.flush(ctx); err != nil {
+			return err
+		}
+	}
+	if !now.Before(s.nextStatus) {
+		return s.sendStatus(ctx)
+	}
+	return nil
+}
+
+func (s *stream) copyData(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		return fmt.Errorf("replication stream: empty message")
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("replication stream: %w", err)
+		}
+		// Nothing in flight: every transaction before the server's WAL end
+		// has been handled, so the slot may move on even if the published
+		// tables are quiet while others churn.
+		if !s.asm.inTransaction() && len(s.pending) == 0 && pgcourier.LSN(ka.ServerWALEnd) > s.durable {
+			s.durable = pgcourier.LSN(ka.ServerWALEnd)
+			s.processed = s.durable
+		}
+		if ka.ReplyRequested {
+			return s.sendStatus(ctx)
+		}
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("replication stream: %w", err)
+		}
+		msg, err := pglogrepl.Parse(xld.WALData)
+		if err != nil {
+			return fmt.Errorf("replication stream: %w", err)
+		}
+		done, err := s.asm.add(ctx, msg)
+		if err != nil {
+			return fmt.Errorf("replication stream: %w", err)
+		}
+		if done != nil {
+			return s.commit(ctx, done)
+		}
+	}
+	return nil
+}
+
+// commit takes a finished transaction into the pending batch, or skips it.
+func (s *stream) commit(ctx context.Context, t *committed) error {
+	switch {
+	case t.skipped, len(t.tx.Changes) == 0:
+		// Relayed data, or nothing published: nothing to capture.
+	case t.tx.CommitLSN <= s.ob.lastCommitLSN:
+		// Already in the outbox: the slot had not heard so before a crash.
+	default:
+		if len(s.pending) == 0 {
+			s.flushAt = time.Now().Add(s.c.opts.MaxBatchDelay)
+		}
+		s.pending = append(s.pending, t.tx)
+		s.pendingRows += len(t.tx.Changes)
+		s.pendingBytes += t.bytes
+	}
+	s.processed = t.endLSN
+	if len(s.pending) == 0 {
+		s.durable = s.processed
+		return nil
+	}
+	if s.pendingRows >= s.c.opts.MaxBatchRows || s.pendingBytes >= s.c.opts.MaxBatchBytes {
+		return s.flush(ctx)
+	}
+	return nil
+}
+
+// flush writes the pending transactions to the outbox as one batch and
+// confirms them to the slot.
+func (s *stream) flush(ctx context.Context) error {
+	if err := s.ob.append(ctx, s.pending); err != nil {
+		return err
+	}
+	s.c.log.Debug("batch captured", "seq", s.ob.nextSeq-1, "transactions", len(s.pending), "rows", s.pendingRows, "lsn", s.processed)
+	s.pending, s.pendingRows, s.pendingBytes = nil, 0, 0
+	s.durable = s.processed
+	return s.sendStatus(ctx)
+}
+
+// sendStatus tells the slot what is durable: write, flush and apply
+// positions are all the outbox's position, never what is merely received.
+func (s *stream) sendStatus(ctx context.Context) error {
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.repl, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: pglogrepl.LSN(s.durable),
+		WALFlushPosition: pglogrepl.LSN(s.durable),
+		WALApplyPosition: pglogrepl.LSN(s.durable),
+	})
+	if err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	s.nextStatus = time.Now().Add(s.c.opts.StatusInterval)
+	return nil
+}
+
+// outbox appends batches for one slot.
+type outbox struct {
+	db            *pgx.Conn
+	source        string
+	slot          string
+	epoch         int64
+	nextSeq       uint64
+	lastCommitLSN pgcourier.LSN
+}
+
+func openOutbox(ctx context.Context, db *pgx.Conn, source, slot string) (*outbox, error) {
+	ob := &outbox{db: db, source: source, slot: slot}
+	var lsn string
+	err := db.QueryRow(ctx, `SELECT epoch, next_seq, last_commit_lsn::text FROM pgcourier.capture_state WHERE slot = $1`, slot).
+		Scan(&ob.epoch, &ob.nextSeq, &lsn)
+	if err != nil {
+		return nil, fmt.Errorf("read capture state: %w", err)
+	}
+	if ob.lastCommitLSN, err = pgcourier.ParseLSN(lsn); err != nil {
+		return nil, fmt.Errorf("read capture state: %w", err)
+	}
+	return ob, nil
+}
+
+// append writes txs as the next batch, and the new capture state, in one
+// transaction.
+func (ob *outbox) append(ctx context.Context, txs []pgcourier.Transaction) error {
+	b := &pgcourier.Batch{Source: ob.source, Epoch: ob.epoch, Seq: ob.nextSeq, Transactions: txs}
+	payload, err := wire.Encode(b)
+	if err != nil {
+		return fmt.Errorf("encode batch %d: %w", b.Seq, err)
+	}
+	first, last := txs[0], txs[len(txs)-1]
+	err = pgx.BeginFunc(ctx, ob.db, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `
+			UPDATE pgcourier.capture_state
+			   SET next_seq = next_seq + 1, last_commit_lsn = $4::text::pg_lsn, updated_at = now()
+			 WHERE slot = $1 AND epoch = $2 AND next_seq = $3`,
+			ob.slot, ob.epoch, b.Seq, last.CommitLSN.String())
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() != 1 {
+			return fmt.Errorf("capture state of slot %s changed under this capturer (another pgcourier on the same database?)", ob.slot)
+		}
+		_, err = tx.Exec(ctx, `
+			INSERT INTO pgcourier.outbox
+			       (epoch, seq, first_commit_lsn, last_commit_lsn, last_commit_time, transactions, rows, payload)
+			VALUES ($1, $2, $3::text::pg_lsn, $4::text::pg_lsn, $5, $6, $7, $8)`,
+			ob.epoch, b.Seq, first.CommitLSN.String(), last.CommitLSN.String(), last.CommitTime, len(txs), b.Rows(), payload)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("append batch %d to outbox: %w", b.Seq, err)
+	}
+	ob.nextSeq++
+	ob.lastCommitLSN = last.CommitLSN
+	return nil
+}

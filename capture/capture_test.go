@@ -1,0 +1,415 @@
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	pgcourier "github.com/pgcourier/pgcourier"
+	"github.com/pgcourier/pgcourier/internal/pgtest"
+	"github.com/pgcourier/pgcourier/internal/schema"
+	"github.com/pgcourier/pgcourier/wire"
+)
+
+const (
+	testNode = "laptop-07"
+	testSlot = "pgcourier_laptop_07"
+	testPub  = "pgcourier"
+)
+
+var allPublic = pgcourier.TableFilter{Include: []string{"public.*"}}
+
+// prepare migrates the schema and runs Setup on the cluster's database.
+func prepare(t *testing.T, c *pgtest.Cluster, filter pgcourier.TableFilter) {
+	t.Helper()
+	ctx := context.Background()
+	conn := c.Connect(t)
+	if _, err := schema.Migrate(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Setup(ctx, conn, SetupOptions{Slot: testSlot, Publication: testPub, Tables: filter}); err != nil {
+		t.Fatalf("Setup: %v", err)
+	}
+	t.Cleanup(func() {
+		// Never leave a slot behind: it pins WAL.
+		c.Exec(t, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, testSlot)
+	})
+}
+
+func testOptions(c *pgtest.Cluster, filter pgcourier.TableFilter) Options {
+	return Options{
+		Node: testNode, Database: c.URL(), Slot: testSlot, Publication: testPub, Tables: filter,
+		MaxBatchDelay: 20 * time.Millisecond, StatusInterval: 200 * time.Millisecond,
+	}
+}
+
+// runCapture runs a Capturer until the test ends, and fails the test if Run
+// returns an error.
+func runCapture(t *testing.T, opts Options) {
+	t.Helper()
+	cp, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cp.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v, want nil after cancel", err)
+		}
+	})
+}
+
+// outboxBatches decodes every batch in the outbox, in seq order.
+func outboxBatches(t *testing.T, conn *pgx.Conn) []*pgcourier.Batch {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), `SELECT payload FROM pgcourier.outbox ORDER BY epoch, seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payloads, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bs []*pgcourier.Batch
+	for _, p := range payloads {
+		b, err := wire.Decode(p)
+		if err != nil {
+			t.Fatalf("decode outbox batch: %v", err)
+		}
+		bs = append(bs, b)
+	}
+	return bs
+}
+
+// changes returns every change in the batches, in order.
+func changes(bs []*pgcourier.Batch) []pgcourier.Change {
+	var cs []pgcourier.Change
+	for _, b := range bs {
+		for _, tx := range b.Transactions {
+			cs = append(cs, tx.Changes...)
+		}
+	}
+	return cs
+}
+
+// waitChanges waits until the outbox holds at least n changes and returns
+// them.
+func waitChanges(t *testing.T, conn *pgx.Conn, n int) []pgcourier.Change {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var rows int
+		if err := conn.QueryRow(context.Background(), `SELECT coalesce(sum(rows), 0) FROM pgcourier.outbox`).Scan(&rows); err != nil {
+			t.Fatal(err)
+		}
+		if rows >= n {
+			return changes(outboxBatches(t, conn))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("outbox holds %d changes after 60s, want %d", rows, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func column(t *testing.T, rel *pgcourier.Relation, name string) int {
+	t.Helper()
+	for i, c := range rel.Columns {
+		if c.Name == name {
+			return i
+		}
+	}
+	t.Fatalf("relation %s.%s has no column %s", rel.Schema, rel.Name, name)
+	return -1
+}
+
+func TestCaptureInsertUpdateDeleteTruncate(t *testing.T) {
+	c := pgtest.Start(t)
+	c.Exec(t, `CREATE TABLE subject (id int PRIMARY KEY, name text, note text)`)
+	c.Exec(t, `CREATE TABLE audit (at int, what text)`)
+	c.Exec(t, `ALTER TABLE audit REPLICA IDENTITY FULL`)
+	prepare(t, c, allPublic)
+	runCapture(t, testOptions(c, allPublic))
+
+	c.Exec(t, `INSERT INTO subject VALUES (1, 'ann', NULL), (2, 'bob', '')`)
+	c.Exec(t, `UPDATE subject SET name = 'anne' WHERE id = 1`)
+	c.Exec(t, `UPDATE subject SET id = 3 WHERE id = 2`)
+	c.Exec(t, `DELETE FROM subject WHERE id = 3`)
+	c.Exec(t, `INSERT INTO audit VALUES (1, 'x'), (1, 'x')`)
+	c.Exec(t, `DELETE FROM audit WHERE ctid = (SELECT min(ctid) FROM audit)`)
+	c.Exec(t, `TRUNCATE audit`)
+
+	conn := c.Connect(t)
+	got := waitChanges(t, conn, 9)
+	type row struct {
+		table string
+		op    pgcourier.Op
+		new   string
+		old   string
+	}
+	show := func(vs []pgcourier.Value) string {
+		if vs == nil {
+			return "-"
+		}
+		var parts []string
+		for _, v := range vs {
+			switch v.Kind {
+			case pgcourier.Null:
+				parts = append(parts, "NULL")
+			case pgcourier.Unchanged:
+				parts = append(parts, "UNCHANGED")
+			default:
+				parts = append(parts, fmt.Sprintf("%q", v.Text))
+			}
+		}
+		return strings.Join(parts, ",")
+	}
+	var rows []row
+	for _, ch := range got {
+		rows = append(rows, row{ch.Rel.Name, ch.Op, show(ch.New), show(ch.Old)})
+	}
+	want := []row{
+		{"subject", pgcourier.OpInsert, `"1","ann",NULL`, "-"},
+		{"subject", pgcourier.OpInsert, `"2","bob",""`, "-"},
+		{"subject", pgcourier.OpUpdate, `"1","anne",NULL`, "-"},
+		{"subject", pgcourier.OpUpdate, `"3","bob",""`, `"2",NULL,NULL`},
+		{"subject", pgcourier.OpDelete, "-", `"3",NULL,NULL`},
+		{"audit", pgcourier.OpInsert, `"1","x"`, "-"},
+		{"audit", pgcourier.OpInsert, `"1","x"`, "-"},
+		{"audit", pgcourier.OpDelete, "-", `"1","x"`},
+		{"audit", pgcourier.OpTruncate, "-", "-"},
+	}
+	if len(rows) != len(want) {
+		t.Fatalf("captured %d changes, want %d:\n%v", len(rows), len(want), rows)
+	}
+	for i := range want {
+		if rows[i] != want[i] {
+			t.Errorf("change %d = %+v, want %+v", i, rows[i], want[i])
+		}
+	}
+	subj := got[0].Rel
+	if !subj.Columns[0].Key || subj.Columns[1].Key || subj.Columns[0].Type != "integer" {
+		t.Errorf("subject columns = %+v, want id integer key, others not key", subj.Columns)
+	}
+
+	// Batches are numbered 1, 2, 3 … and transactions are in commit order.
+	bs := outboxBatches(t, conn)
+	var last pgcourier.LSN
+	for i, b := range bs {
+		if b.Seq != uint64(i+1) || b.Source != testNode {
+			t.Errorf("batch %d = source %s seq %d, want %s seq %d", i, b.Source, b.Seq, testNode, i+1)
+		}
+		for _, tx := range b.Transactions {
+			if tx.CommitLSN <= last || tx.CommitTime.IsZero() {
+				t.Errorf("batch %d: commit LSN %s after %s, time %v: want increasing LSNs and a commit time", b.Seq, tx.CommitLSN, last, tx.CommitTime)
+			}
+			last = tx.CommitLSN
+		}
+	}
+}
+
+func TestCaptureToastUnchanged(t *testing.T) {
+	c := pgtest.Start(t)
+	c.Exec(t, `CREATE TABLE visit (id int PRIMARY KEY, weight int, notes text)`)
+	prepare(t, c, allPublic)
+	runCapture(t, testOptions(c, allPublic))
+
+	// About 1 MB of text that does not compress below the TOAST threshold.
+	c.Exec(t, `INSERT INTO visit SELECT 1, 60, string_agg(md5(i::text), '') FROM generate_series(1, 32768) i`)
+	c.Exec(t, `UPDATE visit SET weight = 61 WHERE id = 1`)
+	c.Exec(t, `UPDATE visit SET notes = NULL WHERE id = 1`)
+
+	got := waitChanges(t, c.Connect(t), 3)
+	notes := column(t, got[0].Rel, "notes")
+	if v := got[0].New[notes]; v.Kind != pgcourier.Text || len(v.Text) != 32768*32 {
+		t.Errorf("insert notes = kind %c, %d bytes; want text of %d bytes", v.Kind, len(v.Text), 32768*32)
+	}
+	if v := got[1].New[notes]; v.Kind != pgcourier.Unchanged {
+		t.Errorf("update of weight: notes kind = %c, want unchanged (%c)", v.Kind, pgcourier.Unchanged)
+	}
+	if v := got[1].New[column(t, got[1].Rel, "weight")]; v != pgcourier.TextValue("61") {
+		t.Errorf("update of weight: weight = %+v, want 61", v)
+	}
+	if v := got[2].New[notes]; v.Kind != pgcourier.Null {
+		t.Errorf("update setting notes NULL: notes kind = %c, want null (%c)", v.Kind, pgcourier.Null)
+	}
+}
+
+func TestCaptureFollowsColumnChanges(t *testing.T) {
+	c := pgtest.Start(t)
+	c.Exec(t, `CREATE TABLE consent (id int PRIMARY KEY, agreed bool)`)
+	prepare(t, c, allPublic)
+	runCapture(t, testOptions(c, allPublic))
+
+	c.Exec(t, `INSERT INTO consent VALUES (1, true)`)
+	c.Exec(t, `ALTER TABLE consent ADD COLUMN witness text`)
+	c.Exec(t, `INSERT INTO consent VALUES (2, false, 'nurse')`)
+	c.Exec(t, `ALTER TABLE consent DROP COLUMN agreed`)
+	c.Exec(t, `UPDATE consent SET witness = 'clerk' WHERE id = 1`)
+
+	got := waitChanges(t, c.Connect(t), 3)
+	names := func(rel *pgcourier.Relation) string {
+		var ns []string
+		for _, col := range rel.Columns {
+			ns = append(ns, col.Name)
+		}
+		return strings.Join(ns, ",")
+	}
+	for i, want := range []string{"id,agreed", "id,agreed,witness", "id,witness"} {
+		if got := names(got[i].Rel); got != want {
+			t.Errorf("change %d columns = %s, want %s", i, got, want)
+		}
+	}
+	if v := got[2].New[1]; v != pgcourier.TextValue("clerk") {
+		t.Errorf("after DROP COLUMN, witness = %+v, want clerk", v)
+	}
+}
+
+func TestCaptureSkipsReplicationOrigin(t *testing.T) {
+	c := pgtest.Start(t)
+	c.Exec(t, `CREATE TABLE subject (id int PRIMARY KEY)`)
+	c.Exec(t, `SELECT pg_replication_origin_create('pgcourier:laptop-08')`)
+	prepare(t, c, allPublic)
+	runCapture(t, testOptions(c, allPublic))
+
+	ctx := context.Background()
+	conn := c.Connect(t)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`SELECT pg_replication_origin_session_setup('pgcourier:laptop-08')`,
+		`INSERT INTO subject VALUES (8)`,
+	} {
+		if _, err := tx.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_replication_origin_session_reset()`); err != nil {
+		t.Fatal(err)
+	}
+	c.Exec(t, `INSERT INTO subject VALUES (7)`)
+
+	got := waitChanges(t, conn, 1)
+	if len(got) != 1 || got[0].New[0] != pgcourier.TextValue("7") {
+		t.Errorf("captured %+v, want only the local insert of 7", got)
+	}
+}
+
+func TestCaptureAdvancesIdleSlot(t *testing.T) {
+	c := pgtest.Start(t)
+	c.Exec(t, `CREATE TABLE subject (id int PRIMARY KEY)`)
+	c.Exec(t, `CREATE TABLE churn (id serial PRIMARY KEY, x int)`)
+	filter := pgcourier.TableFilter{Include: []string{"public.subject"}}
+	prepare(t, c, filter)
+	runCapture(t, testOptions(c, filter))
+
+	ctx := context.Background()
+	conn := c.Connect(t)
+	slotLSN := func() pgcourier.LSN {
+		var s string
+		if err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, testSlot).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		l, err := pgcourier.ParseLSN(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	start := slotLSN()
+	var target pgcourier.LSN
+	deadline := time.Now().Add(30 * time.Second)
+	for slotLSN() <= target || target == 0 {
+		// Churn an unpublished table; the published one stays idle.
+		if _, err := conn.Exec(ctx, `INSERT INTO churn (x) SELECT g FROM generate_series(1, 1000) g`); err != nil {
+			t.Fatal(err)
+		}
+		if target == 0 {
+			var s string
+			if err := conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&s); err != nil {
+				t.Fatal(err)
+			}
+			target, _ = pgcourier.ParseLSN(s)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slot confirmed_flush_lsn stayed at %s (started %s), want past %s while only unpublished tables change", slotLSN(), start, target)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if rows := changes(outboxBatches(t, conn)); len(rows) != 0 {
+		t.Errorf("outbox holds %d changes of unpublished tables, want none", len(rows))
+	}
+}
+
+func TestSetup(t *testing.T) {
+	ctx := context.Background()
+	c := pgtest.Start(t)
+	c.Exec(t, `CREATE TABLE subject (id int PRIMARY KEY)`)
+	c.Exec(t, `CREATE TABLE django_session (key text PRIMARY KEY)`)
+	c.Exec(t, `CREATE TABLE notes (body text)`) // no identity
+	c.Exec(t, `CREATE TABLE specimen (id int, taken date, PRIMARY KEY (id, taken)) PARTITION BY RANGE (taken)`)
+	c.Exec(t, `CREATE TABLE specimen_2026 PARTITION OF specimen FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')`)
+	conn := c.Connect(t)
+	if _, err := schema.Migrate(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	opts := SetupOptions{Slot: testSlot, Publication: testPub,
+		Tables: pgcourier.TableFilter{Include: []string{"public.*"}, Exclude: []string{"public.django_session"}}}
+	t.Cleanup(func() { c.Exec(t, `SELECT pg_drop_replication_slot($1)`, testSlot) })
+
+	res, err := Setup(ctx, conn, opts)
+	if !errors.Is(err, ErrNoIdentity) || !strings.Contains(err.Error(), "ALTER TABLE public.notes REPLICA IDENTITY FULL;") {
+		t.Errorf("Setup with an unidentified table = %v, want ErrNoIdentity with the fix", err)
+	}
+	published := func() string {
+		rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, testPub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(names, " ")
+	}
+	if got, want := published(), "public.specimen public.subject"; got != want {
+		t.Errorf("published = %q, want %q (partitions through their root, no excluded or unidentified table)", got, want)
+	}
+	if !res.SlotCreated || res.Epoch == 0 {
+		t.Errorf("first Setup: slot created %v, epoch %d; want created and an epoch", res.SlotCreated, res.Epoch)
+	}
+
+	// Fixing the table and running again picks it up, keeps the slot and epoch.
+	c.Exec(t, `ALTER TABLE notes REPLICA IDENTITY FULL`)
+	c.Exec(t, `CREATE TABLE later (id int PRIMARY KEY)`)
+	res2, err := Setup(ctx, conn, opts)
+	if err != nil {
+		t.Fatalf("second Setup: %v", err)
+	}
+	if got, want := published(), "public.later public.notes public.specimen public.subject"; got != want {
+		t.Errorf("published after second Setup = %q, want %q", got, want)
+	}
+	if res2.SlotCreated || res2.Epoch != res.Epoch {
+		t.Errorf("second Setup: slot created %v, epoch %d; want the same slot and epoch %d", res2.SlotCreated, res2.Epoch, res.Epoch)
+	}
+
+	// A dropped slot is never recreated silently.
+	c.Exec(t, `SELECT pg_drop_replication_slot($1)`, testSlot)
+	if _, err := Setup(ctx, conn, opts); !errors.Is(err, ErrSlotLost) || !strings.Contains(err.Error(), "pgcourier resync") {
+		t.Errorf("Setup after the slot was dropped = %v, want ErrSlotLost naming pgcourier resync", err)
+	}
+	c.Exec(t, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, testSlot) // for the cleanup
+}
