@@ -68,6 +68,30 @@ func TestStartN(t *testing.T) {
 			t.Errorf("External, Host = %v, %q; want false, 127.0.0.1", c.External(), c.Host())
 		}
 	}
+
+	// Killing one of them (like a power cut) leaves the others running, and
+	// the killed one comes back with its data.
+	RequireLocal(t, cs[0])
+	cs[1].Exec(t, "CREATE TABLE survivor (id int)")
+	cs[1].Exec(t, "INSERT INTO survivor VALUES (1)")
+	if err := cs[1].Kill(); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	if reachable(cs[1]) {
+		t.Error("killed cluster still answers")
+	}
+	for _, i := range []int{0, 2, 3} {
+		if !reachable(cs[i]) {
+			t.Errorf("cluster %d stopped answering when cluster 1 was killed", i)
+		}
+	}
+	if err := cs[1].Start(t.Context()); err != nil {
+		t.Fatalf("Start after Kill: %v", err)
+	}
+	var n int
+	if err := cs[1].Connect(t).QueryRow(t.Context(), "SELECT count(*) FROM survivor").Scan(&n); err != nil || n != 1 {
+		t.Errorf("after Kill and Start, survivor has %d rows, %v; want 1", n, err)
+	}
 }
 
 func TestSettingsOverride(t *testing.T) {
