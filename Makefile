@@ -5,7 +5,7 @@
 #   make bench   the benchmark harness (several minutes; writes docs/benchmarks.*)
 
 GO              ?= go
-STATICCHECK     ?= honnef.co/go/tools/cmd/staticcheck@2026.2.2
+STATICCHECK     ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TEST_TIMEOUT    ?= 15m
 # The tests copy a Postgres cluster per test; a memory-backed TMPDIR makes
 # that several times faster where /tmp is a slow disk.

@@ -43,6 +43,10 @@ type Options struct {
 	MaxBatchRows  int
 	MaxBatchBytes int
 	MaxBatchDelay time.Duration
+	// MaxBatchSpan bounds the commit times within one batch. Upstream, every
+	// row a batch writes carries the batch's last commit time, so this is
+	// the precision of last-writer-wins between sources.
+	MaxBatchSpan time.Duration
 
 	// StatusInterval is how often the slot hears from the capturer when
 	// nothing else prompts it.
@@ -59,6 +63,7 @@ const (
 	DefaultMaxBatchRows   = 10000
 	DefaultMaxBatchBytes  = 8 << 20
 	DefaultMaxBatchDelay  = 100 * time.Millisecond
+	DefaultMaxBatchSpan   = time.Second
 	DefaultStatusInterval = 10 * time.Second
 	DefaultReadTimeout    = 90 * time.Second
 )
@@ -87,6 +92,9 @@ func New(opts Options) (*Capturer, error) {
 	}
 	if opts.MaxBatchDelay <= 0 {
 		opts.MaxBatchDelay = DefaultMaxBatchDelay
+	}
+	if opts.MaxBatchSpan <= 0 {
+		opts.MaxBatchSpan = DefaultMaxBatchSpan
 	}
 	if opts.StatusInterval <= 0 {
 		opts.StatusInterval = DefaultStatusInterval
@@ -339,6 +347,11 @@ func (s *stream) commit(ctx context.Context, t *committed) error {
 	case t.tx.CommitLSN <= s.ob.lastCommitLSN:
 		// Already in the outbox: the slot had not heard so before a crash.
 	default:
+		if len(s.pending) > 0 && t.tx.CommitTime.Sub(s.pending[0].CommitTime) > s.c.opts.MaxBatchSpan {
+			if err := s.flush(ctx); err != nil {
+				return err
+			}
+		}
 		if len(s.pending) == 0 {
 			s.flushAt = time.Now().Add(s.c.opts.MaxBatchDelay)
 		}

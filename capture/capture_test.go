@@ -413,3 +413,64 @@ func TestSetup(t *testing.T) {
 	}
 	c.Exec(t, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, testSlot) // for the cleanup
 }
+
+func TestCaptureBatchSpan(t *testing.T) {
+	c := pgtest.Start(t)
+	c.Exec(t, `CREATE TABLE subject (id int PRIMARY KEY)`)
+	prepare(t, c, allPublic)
+	opts := testOptions(c, allPublic)
+	opts.MaxBatchDelay = 3 * time.Second // only the commit-time span splits batches
+	opts.MaxBatchSpan = 500 * time.Millisecond
+	runCapture(t, opts)
+
+	c.Exec(t, `INSERT INTO subject VALUES (1)`)
+	time.Sleep(1200 * time.Millisecond)
+	c.Exec(t, `INSERT INTO subject VALUES (2)`)
+	c.Exec(t, `INSERT INTO subject VALUES (3)`)
+
+	conn := c.Connect(t)
+	waitChanges(t, conn, 3)
+	var sizes []int
+	for _, b := range outboxBatches(t, conn) {
+		sizes = append(sizes, len(b.Transactions))
+	}
+	if fmt.Sprint(sizes) != "[1 2]" {
+		t.Errorf("transactions per batch = %v, want [1 2]: a batch spans at most MaxBatchSpan of commit time", sizes)
+	}
+}
+
+func TestHealth(t *testing.T) {
+	ctx := context.Background()
+	c := pgtest.Start(t)
+	c.Exec(t, `CREATE TABLE subject (id int PRIMARY KEY)`)
+	prepare(t, c, allPublic)
+	conn := c.Connect(t)
+
+	c.Exec(t, `INSERT INTO subject SELECT generate_series(1, 10000)`)
+	h, err := Health(ctx, conn, testSlot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h.Exists || h.Active || h.RetainedBytes <= 0 || h.LagBytes <= 0 || h.WALStatus != "reserved" {
+		t.Errorf("Health with no capturer after writes = %+v, want existing, inactive, reserved, WAL retained and lagging", h)
+	}
+	runCapture(t, testOptions(c, allPublic))
+	waitChanges(t, conn, 10000)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		h, err = Health(ctx, conn, testSlot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Active && h.LagBytes < 64<<10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Health while capturing = %+v, want active with lag caught up", h)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if h, err := Health(ctx, conn, "no_such_slot"); err != nil || h.Exists {
+		t.Errorf("Health(no_such_slot) = %+v, %v; want not existing, no error", h, err)
+	}
+}
