@@ -1,0 +1,216 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgcourier/pgcourier/internal/pgtest"
+)
+
+// contender is one way of carrying the source's changes to the target. The
+// harness makes a fresh one for every scenario (one workload on fresh
+// clusters, schema and seed rows in place) and drives it so:
+//
+//	live:     prepare, start, [workload, marker, wait] per stretch, check, close
+//	backlog:  prepare, workload, marker, start, wait, check, close
+//
+// with usage read around the timed stretch. The timed window runs from the
+// workload's first statement (live) or from just before start (backlog) to
+// the moment wait reports. Live is used when the contender can replicate
+// while the workload runs and the workload is not a backlog one (W5, W6).
+//
+// A pgcourier route becomes a contender by implementing these methods and
+// adding an entry to contenders: prepare runs `pgcourier init` and starts
+// the capturing node (so a backlog fills its outbox while the upstream is
+// out of reach), start starts the upstream or lets the route reach it, wait
+// is e.waitMarker (plus e.targetLags), check is e.check, and usage comes
+// from a meter tracking its processes and connections.
+type contender interface {
+	// live reports whether the contender can replicate while the workload
+	// runs. One that cannot (copy) runs every workload as a backlog.
+	live() bool
+	// prepare readies the contender on fresh clusters before the workload's
+	// first change: it creates what must capture changes from then on (a
+	// slot, a subscription, an outbox), with the link still down. Called
+	// once.
+	prepare(ctx context.Context, e *env) error
+	// start brings the link up and returns once the contender replicates
+	// (or, for copy, once it has copied). Called once, after prepare.
+	start(ctx context.Context) error
+	// wait blocks until the marker of stretch s has arrived at the target
+	// and reports on the stretch. Called after start, once per stretch, in
+	// order.
+	wait(ctx context.Context, s stretch) (arrival, error)
+	// usage returns what the contender consumed so far: the CPU time of its
+	// processes and of the Postgres backends working for it, the peak RSS
+	// of its own processes, and the bytes that crossed between the nodes on
+	// its behalf. It is called around the timed stretch, also before start,
+	// and must be cheap.
+	usage() (usage, error)
+	// check confirms, after the last wait, that everything arrived intact
+	// (e.check compares the target's tables with the source's).
+	check(ctx context.Context) error
+	// close stops every process the contender started and drops its slots
+	// and subscriptions, whatever state it is in. Called exactly once,
+	// also after an error or an interrupt, with a context that outlives
+	// the run's.
+	close(ctx context.Context) error
+}
+
+// stretch is a stretch of workload committed on the source, closed by a
+// marker row committed after its last change.
+type stretch struct {
+	marker  int64 // id of the marker row in bench_marker
+	changes int64 // row changes the workload committed in the stretch
+	// lag, when set, asks for the per-row lag of the subjects lagLo to
+	// lagHi (the stretch's rows).
+	lag          bool
+	lagLo, lagHi int64
+}
+
+// arrival is what a contender reports about a stretch once it arrived.
+type arrival struct {
+	// at is when the marker arrived: applied on the target (its
+	// applied_at), received from the stream, or the end of the copy.
+	at time.Time
+	// rows is how many rows the contender carried for the stretch: the
+	// stretch's changes for a replicator, the final row images for copy.
+	rows int64
+	// lags holds the per-row lag when the stretch asked for it.
+	lags []time.Duration
+}
+
+// contenderEntry names a contender and says what it is.
+type contenderEntry struct {
+	name  string
+	about string // one sentence for the method section
+	make  func() contender
+}
+
+// contenders lists every contender in report order; native comes first as
+// every ratio is taken against it. pgcourier's routes are added here as the
+// capture, apply and ship work lands.
+var contenders = []contenderEntry{
+	{
+		name:  "native",
+		about: "Postgres's own logical replication: CREATE PUBLICATION on the source, CREATE SUBSCRIPTION (copy_data = false) on the target, the baseline.",
+		make:  func() contender { return &native{} },
+	},
+	{
+		name: "decode",
+		about: "pg_recvlogical draining the same publication through pgoutput (proto_version 1) into the harness, which parses every message: " +
+			"the decoding ceiling, with nothing applied.",
+		make: func() contender { return &decode{} },
+	},
+	{
+		name: "copy",
+		about: "a plain COPY of the final rows of the workload's tables from the source into emptied target tables, after the workload, " +
+			"in replica mode like the apply worker (no foreign-key checks): the apply ceiling. It is not a replicator, so it runs every " +
+			"workload as a backlog and has no lag.",
+		make: func() contender { return &bulkCopy{} },
+	},
+}
+
+// env is one scenario's world as a contender sees it: fresh source and
+// target clusters, each with the schema in the benchmark database, the
+// publication on the source and any seed rows on both sides.
+type env struct {
+	src, dst       *pgtest.Cluster
+	srcURL, dstURL string   // the benchmark database (dbName) on each cluster
+	tables         []string // the tables the workload writes, parents first
+	dir            string   // scratch directory, removed after the scenario
+}
+
+// conninfo returns a libpq key/value connection string for the benchmark
+// database on the cluster at host:port, as superuser postgres.
+func conninfo(host string, port int) string {
+	return fmt.Sprintf("host=%s port=%d user=postgres dbname=%s sslmode=disable", host, port, dbName)
+}
+
+// waitMarker polls the target until marker row id exists and returns its
+// applied_at: when the row was written there, which bounds every change
+// committed on the source before the marker, as changes arrive in commit
+// order.
+func (e *env) waitMarker(ctx context.Context, id int64) (time.Time, error) {
+	conn, err := pgx.Connect(ctx, e.dstURL)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("wait for marker: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var at time.Time
+	err = poll(ctx, 5*time.Millisecond, func() (bool, error) {
+		err := conn.QueryRow(ctx, "SELECT applied_at FROM bench_marker WHERE id = $1", id).Scan(&at)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false, nil
+		}
+		return err == nil, err
+	})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("wait for marker %d: %w", id, err)
+	}
+	return at, nil
+}
+
+// targetLags returns applied_at - created_at on the target of the subjects
+// the stretch asks about.
+func (e *env) targetLags(ctx context.Context, s stretch) ([]time.Duration, error) {
+	conn, err := pgx.Connect(ctx, e.dstURL)
+	if err != nil {
+		return nil, fmt.Errorf("read lags: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rows, err := conn.Query(ctx, `SELECT (extract(epoch FROM applied_at - created_at) * 1e6)::bigint
+FROM subject WHERE id BETWEEN $1 AND $2`, s.lagLo, s.lagHi)
+	if err != nil {
+		return nil, fmt.Errorf("read lags: %w", err)
+	}
+	us, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("read lags: %w", err)
+	}
+	if int64(len(us)) != s.lagHi-s.lagLo+1 {
+		return nil, fmt.Errorf("read lags: %d of subjects %d to %d on the target", len(us), s.lagLo, s.lagHi)
+	}
+	lags := make([]time.Duration, len(us))
+	for i, v := range us {
+		lags[i] = time.Duration(v) * time.Microsecond
+	}
+	return lags, nil
+}
+
+// check compares every table the workload writes on the target with the
+// source: row count and a hash of the source's columns of every row.
+func (e *env) check(ctx context.Context) error {
+	src, err := pgx.Connect(ctx, e.srcURL)
+	if err != nil {
+		return fmt.Errorf("check: %w", err)
+	}
+	defer src.Close(context.WithoutCancel(ctx))
+	dst, err := pgx.Connect(ctx, e.dstURL)
+	if err != nil {
+		return fmt.Errorf("check: %w", err)
+	}
+	defer dst.Close(context.WithoutCancel(ctx))
+	for _, t := range e.tables {
+		cols, err := columns(ctx, src, t)
+		if err != nil {
+			return fmt.Errorf("check: %w", err)
+		}
+		want, err := fingerprint(ctx, src, t, cols)
+		if err != nil {
+			return fmt.Errorf("check: %w", err)
+		}
+		got, err := fingerprint(ctx, dst, t, cols)
+		if err != nil {
+			return fmt.Errorf("check: %w", err)
+		}
+		if got != want {
+			return fmt.Errorf("check: table %s on the target has %s, the source %s", t, got, want)
+		}
+	}
+	return nil
+}

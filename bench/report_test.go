@@ -1,0 +1,185 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+)
+
+// sampleReport is a small report with a figure of every kind: a live
+// replicator with lag, a process contender with peak RSS, a copy, a spill
+// and a failure.
+func sampleReport() *report {
+	r := &report{
+		Generated: time.Date(2025, 11, 25, 12, 0, 0, 0, time.UTC),
+		Command:   "go run ./bench -workloads W1,W6",
+		Machine:   machine{Cores: 2, MemoryBytes: 24 << 30, CPU: "Test CPU", Kernel: "Linux 6.1", Postgres: "postgres (PostgreSQL) 15.8", Go: "go1.26.0"},
+		Settings:  map[string]string{"shared_buffers": "256MB"},
+		Workloads: []workloadInfo{
+			{ID: "W1", Title: "single-row inserts", About: "inserts."},
+			{ID: "W6", Title: "one huge transaction", About: "one.", Backlog: true},
+		},
+		Contenders: []contenderInfo{{Name: "native", About: "the baseline."}, {Name: "decode", About: "the ceiling."}},
+		Results: []result{
+			{
+				Workload: "W1", Contender: "native", Mode: "live", Rows: 60000, Changes: 60000,
+				OfferedRowsPerS: 9012.4, Seconds: 7.0625, RowsPerS: 8495.6,
+				LagOffered: ptr(999.8), LagP50Ms: ptr(1.23), LagP99Ms: ptr(3.45),
+				CPUSeconds: 0.75, CPUPerMRows: ptr(12.5), WireBytes: 16020000, WireBytesPerRow: ptr(267.0), LoadAvg: 1.25,
+			},
+			{
+				Workload: "W1", Contender: "decode", Mode: "live", Rows: 60000, Changes: 60000,
+				OfferedRowsPerS: 9500, Seconds: 6.5, RowsPerS: 9230.8,
+				LagOffered: ptr(1000.1), LagP50Ms: ptr(0.5), LagP99Ms: ptr(1.5),
+				CPUSeconds: 0.6, CPUPerMRows: ptr(10.0), PeakRSS: map[string]int64{"pg_recvlogical": 8 << 20},
+				WireBytes: 15660000, WireBytesPerRow: ptr(261.0), LoadAvg: 2.5,
+			},
+			{
+				Workload: "W6", Contender: "native", Mode: "backlog", Rows: 2000000, Changes: 2000000,
+				OfferedRowsPerS: 250000, Seconds: 20, RowsPerS: 100000,
+				CPUSeconds: 30, CPUPerMRows: ptr(15.0), WireBytes: 306000000, WireBytesPerRow: ptr(153.0),
+				SpillBytes: 300 << 20, LoadAvg: 3,
+			},
+			{Workload: "W6", Contender: "decode", Mode: "backlog", Error: "decode: wait for marker 1: context deadline exceeded"},
+		},
+	}
+	r.finish(fullSizes, 6*time.Minute+12*time.Second)
+	return r
+}
+
+func TestMarkdown(t *testing.T) {
+	r := sampleReport()
+	var b strings.Builder
+	if err := r.markdown(&b, true); err != nil {
+		t.Fatal(err)
+	}
+	md := b.String()
+	for _, want := range []string{
+		"# Benchmarks\n",
+		"- Machine: 2 cores (Test CPU), 24.0 GiB memory, Linux 6.1\n",
+		"- Postgres: postgres (PostgreSQL) 15.8; Go: go1.26.0\n",
+		"- Command: `go run ./bench -workloads W1,W6`\n",
+		"took 6m12s",
+		"| W1 single-row inserts | native | live | 60,000 | 9,012 | 8,496 | 1.00 | 7.06 | 1.2 | 3.5 | 12.5 | — | 267 | 1.2 |\n",
+		"| W1 single-row inserts | decode | live | 60,000 | 9,500 | 9,231 | 1.09 | 6.50 | 0.5 | 1.5 | 10.0 | 8.0 | 261 | 2.5 |\n",
+		"| W6 one huge transaction | native | backlog | 2,000,000 | 250,000 | 100,000 | 1.00 | 20.00 | — | — | 15.0 | — | 153 | 3.0 |\n",
+		"- Load average (1 min) as scenarios ended: 1.2 to 3.0 on 2 cores",
+		"| W6 one huge transaction | decode | **failed** | — |",
+		"- W6 native: logical decoding spilled 300 MiB to disk",
+		"- W6 decode failed: decode: wait for marker 1: context deadline exceeded\n",
+		"native reached 1,000 rows/s; decode reached 1,000 rows/s;",
+		"## Method\n",
+		"`shared_buffers=256MB`",
+		"- **W6 one huge transaction** (2,000,000 rows): one.\n",
+		"- **decode**: the ceiling.\n",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q; got:\n%s", want, md)
+		}
+	}
+
+	// Every table line has as many cells as the header.
+	for _, line := range strings.Split(md, "\n") {
+		if strings.HasPrefix(line, "|") {
+			if got := strings.Count(line, "|") - 1; got != len(tableHeader) {
+				t.Errorf("table line has %d cells, want %d: %s", got, len(tableHeader), line)
+			}
+		}
+	}
+
+	// Without the method, the same table and notes, as printed on stdout.
+	var short strings.Builder
+	if err := r.markdown(&short, false); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(short.String(), "## Method") || strings.Contains(short.String(), "# Benchmarks") {
+		t.Errorf("markdown without method has the method or the title:\n%s", short.String())
+	}
+	if !strings.HasSuffix(md, "\n") || !strings.Contains(md, short.String()[:200]) {
+		t.Error("the stdout table differs from the one in the file")
+	}
+}
+
+func TestWrite(t *testing.T) {
+	r := sampleReport()
+	dir := filepath.Join(t.TempDir(), "docs")
+	if err := r.write(dir); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "benchmarks.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got report
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(r, &got); diff != "" {
+		t.Errorf("benchmarks.json does not round-trip (-wrote +read):\n%s", diff)
+	}
+	for _, want := range []string{`"vs_native": null`, `"lag_p99_ms": 3.45`, `"pg_recvlogical": 8388608`, `"W6": 2000000`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("benchmarks.json lacks %s", want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "benchmarks.md")); err != nil {
+		t.Error(err)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 2 {
+		t.Errorf("%s holds %d files, want 2 (no temporary files left)", dir, len(entries))
+	}
+}
+
+func TestRatios(t *testing.T) {
+	r := sampleReport()
+	for _, tc := range []struct {
+		workload, contender string
+		want                *float64
+	}{
+		{"W1", "native", ptr(1.0)},
+		{"W1", "decode", ptr(9230.8 / 8495.6)},
+		{"W6", "native", ptr(1.0)},
+		{"W6", "decode", nil},
+	} {
+		res, _ := find(r.Results, tc.workload, tc.contender)
+		if diff := cmp.Diff(tc.want, res.VsNative, cmpopts.EquateApprox(0, 1e-9)); diff != "" {
+			t.Errorf("%s %s: vs native (-want +got):\n%s", tc.workload, tc.contender, diff)
+		}
+	}
+}
+
+func TestCommas(t *testing.T) {
+	for _, tc := range []struct {
+		in   float64
+		want string
+	}{
+		{0, "0"}, {0.4, "0"}, {999, "999"}, {999.5, "1,000"}, {1000, "1,000"},
+		{1234567.6, "1,234,568"}, {-1500, "-1,500"}, {123456, "123,456"},
+	} {
+		if got := commas(tc.in); got != tc.want {
+			t.Errorf("commas(%v) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestRSSCell(t *testing.T) {
+	for _, tc := range []struct {
+		in   map[string]int64
+		want string
+	}{
+		{nil, "—"},
+		{map[string]int64{"pg_recvlogical": 8 << 20}, "8.0"},
+		{map[string]int64{"server": 30 << 20, "capture": 12 << 19}, "capture 6.0, server 30.0"},
+	} {
+		if got := rssCell(tc.in); got != tc.want {
+			t.Errorf("rssCell(%v) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
