@@ -18,7 +18,8 @@ type assembler struct {
 	typeName  func(ctx context.Context, oid uint32, typmod int32) (string, error)
 
 	open    bool
-	skip    bool // the open transaction carries a replication origin
+	skip    bool   // the open transaction carries a replication origin
+	marker  string // a snapshot watermark the open transaction carries
 	tx      pgcourier.Transaction
 	txBytes int
 }
@@ -32,6 +33,7 @@ type committed struct {
 	tx      pgcourier.Transaction
 	endLSN  pgcourier.LSN // end of the commit record: what the slot may confirm
 	skipped bool          // carried an origin: relayed data, not captured
+	marker  string        // the snapshot watermark it carried, if any
 	bytes   int           // approximate size of its values
 }
 
@@ -56,10 +58,14 @@ func (a *assembler) add(ctx context.Context, msg pglogrepl.Message) (*committed,
 		if a.open {
 			return nil, fmt.Errorf("begin of a transaction inside another")
 		}
-		a.open, a.skip, a.txBytes = true, false, 0
+		a.open, a.skip, a.marker, a.txBytes = true, false, "", 0
 		a.tx = pgcourier.Transaction{CommitLSN: pgcourier.LSN(m.FinalLSN), CommitTime: m.CommitTime}
 	case *pglogrepl.OriginMessage:
 		a.skip = true
+	case *pglogrepl.LogicalDecodingMessage:
+		if m.Transactional && m.Prefix == snapshotPrefix {
+			a.marker = string(m.Content)
+		}
 	case *pglogrepl.InsertMessage:
 		return nil, a.change(m.RelationID, pgcourier.OpInsert, m.Tuple, nil)
 	case *pglogrepl.UpdateMessage:
@@ -77,7 +83,7 @@ func (a *assembler) add(ctx context.Context, msg pglogrepl.Message) (*committed,
 			return nil, fmt.Errorf("commit without a transaction")
 		}
 		a.open = false
-		c := &committed{tx: a.tx, endLSN: pgcourier.LSN(m.TransactionEndLSN), skipped: a.skip, bytes: a.txBytes}
+		c := &committed{tx: a.tx, endLSN: pgcourier.LSN(m.TransactionEndLSN), skipped: a.skip, marker: a.marker, bytes: a.txBytes}
 		c.tx.CommitLSN = pgcourier.LSN(m.CommitLSN)
 		c.tx.CommitTime = m.CommitTime
 		a.tx = pgcourier.Transaction{}
@@ -92,9 +98,8 @@ func (a *assembler) change(relID uint32, op pgcourier.Op, newTuple, oldTuple *pg
 	if !a.open {
 		return fmt.Errorf("%s outside a transaction", op)
 	}
-	if a.skip {
-		return nil
-	}
+	// The changes of a skipped transaction are kept until its commit: a
+	// snapshot chunk in flight needs to know which rows they touched.
 	rel, ok := a.relations[relID]
 	if !ok {
 		return fmt.Errorf("%s of relation %d before its Relation message", op, relID)

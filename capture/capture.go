@@ -48,6 +48,10 @@ type Options struct {
 	// the precision of last-writer-wins between sources.
 	MaxBatchSpan time.Duration
 
+	// SnapshotChunkRows is the most rows one chunk of the initial snapshot
+	// reads.
+	SnapshotChunkRows int
+
 	// StatusInterval is how often the slot hears from the capturer when
 	// nothing else prompts it.
 	StatusInterval time.Duration
@@ -95,6 +99,9 @@ func New(opts Options) (*Capturer, error) {
 	}
 	if opts.MaxBatchSpan <= 0 {
 		opts.MaxBatchSpan = DefaultMaxBatchSpan
+	}
+	if opts.SnapshotChunkRows <= 0 {
+		opts.SnapshotChunkRows = DefaultSnapshotChunkRows
 	}
 	if opts.StatusInterval <= 0 {
 		opts.StatusInterval = DefaultStatusInterval
@@ -179,14 +186,20 @@ func (c *Capturer) session(ctx context.Context) error {
 	defer repl.Close(context.WithoutCancel(ctx))
 
 	err = pglogrepl.StartReplication(ctx, repl, c.opts.Slot, 0, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", c.opts.Publication)},
+		PluginArgs: []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", c.opts.Publication), "messages 'true'"},
 	})
 	if err != nil {
 		return fmt.Errorf("start replication: %w", err)
 	}
 	c.log.Info("capture streaming", "epoch", ob.epoch, "next_seq", ob.nextSeq, "last_commit_lsn", ob.lastCommitLSN)
 
-	s := &stream{c: c, db: db, repl: repl, ob: ob}
+	snap, err := newSnapshotter(ctx, c.opts.Database, c.opts.Slot, c.opts.SnapshotChunkRows, c.log)
+	if err != nil {
+		return err
+	}
+	defer snap.close(ctx)
+
+	s := &stream{c: c, db: db, repl: repl, ob: ob, snap: snap}
 	s.asm = newAssembler(s.typeName)
 	err = s.run(ctx)
 	if ctx.Err() != nil {
@@ -209,6 +222,10 @@ type stream struct {
 	pendingRows  int
 	pendingBytes int
 	flushAt      time.Time
+	progress     []snapProgress // snapshot progress to record with the pending batch
+
+	snap   *snapshotter
+	behind int64 // bytes of WAL the server has that the stream has not reached
 
 	processed  pgcourier.LSN // end of the last commit handled (pending or skipped)
 	durable    pgcourier.LSN // confirmed to the slot: everything before it is in the outbox
@@ -243,6 +260,14 @@ func (s *stream) run(ctx context.Context) error {
 	s.nextStatus = time.Now().Add(opts.StatusInterval)
 	lastHeard := time.Now()
 	for {
+		// A chunk waits for its high watermark to come through the stream,
+		// and every change between its marks costs it rows: read chunks only
+		// while the stream is nearly caught up.
+		if s.snap.idle() && s.behind < snapshotMaxLag {
+			if err := s.snap.start(ctx); err != nil {
+				return err
+			}
+		}
 		deadline := s.nextStatus
 		if len(s.pending) > 0 && s.flushAt.Before(deadline) {
 			deadline = s.flushAt
@@ -316,6 +341,7 @@ func (s *stream) copyData(ctx context.Context, data []byte) error {
 			s.durable = pgcourier.LSN(ka.ServerWALEnd)
 			s.processed = s.durable
 		}
+		s.behind = 0
 		if ka.ReplyRequested {
 			return s.sendStatus(ctx)
 		}
@@ -324,6 +350,7 @@ func (s *stream) copyData(ctx context.Context, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("replication stream: %w", err)
 		}
+		s.behind = int64(xld.ServerWALEnd) - int64(xld.WALStart)
 		msg, err := pglogrepl.Parse(xld.WALData)
 		if err != nil {
 			return fmt.Errorf("replication stream: %w", err)
@@ -341,13 +368,19 @@ func (s *stream) copyData(ctx context.Context, data []byte) error {
 
 // commit takes a finished transaction into the pending batch, or skips it.
 func (s *stream) commit(ctx context.Context, t *committed) error {
-	switch {
-	case t.skipped, len(t.tx.Changes) == 0:
-		// Relayed data, or nothing published: nothing to capture.
-	case t.tx.CommitLSN <= s.ob.lastCommitLSN:
+	s.snap.observe(&t.tx)
+	tx, keep := &t.tx, !t.skipped && len(t.tx.Changes) > 0 // relayed data, or nothing published
+	var prog *snapProgress
+	if t.marker != "" {
+		tx, prog = s.snap.marker(t.marker, t.tx)
+		keep = tx != nil && len(tx.Changes) > 0
+	}
+	if keep && tx.CommitLSN <= s.ob.lastCommitLSN {
 		// Already in the outbox: the slot had not heard so before a crash.
-	default:
-		if len(s.pending) > 0 && t.tx.CommitTime.Sub(s.pending[0].CommitTime) > s.c.opts.MaxBatchSpan {
+		keep = false
+	}
+	if keep {
+		if len(s.pending) > 0 && tx.CommitTime.Sub(s.pending[0].CommitTime) > s.c.opts.MaxBatchSpan {
 			if err := s.flush(ctx); err != nil {
 				return err
 			}
@@ -355,12 +388,21 @@ func (s *stream) commit(ctx context.Context, t *committed) error {
 		if len(s.pending) == 0 {
 			s.flushAt = time.Now().Add(s.c.opts.MaxBatchDelay)
 		}
-		s.pending = append(s.pending, t.tx)
-		s.pendingRows += len(t.tx.Changes)
+		s.pending = append(s.pending, *tx)
+		s.pendingRows += len(tx.Changes)
 		s.pendingBytes += t.bytes
+	}
+	if prog != nil {
+		s.progress = append(s.progress, *prog)
 	}
 	s.processed = t.endLSN
 	if len(s.pending) == 0 {
+		if len(s.progress) > 0 {
+			if err := s.ob.saveProgress(ctx, s.progress); err != nil {
+				return err
+			}
+			s.progress = nil
+		}
 		s.durable = s.processed
 		return nil
 	}
@@ -373,11 +415,11 @@ func (s *stream) commit(ctx context.Context, t *committed) error {
 // flush writes the pending transactions to the outbox as one batch and
 // confirms them to the slot.
 func (s *stream) flush(ctx context.Context) error {
-	if err := s.ob.append(ctx, s.pending); err != nil {
+	if err := s.ob.append(ctx, s.pending, s.progress); err != nil {
 		return err
 	}
 	s.c.log.Debug("batch captured", "seq", s.ob.nextSeq-1, "transactions", len(s.pending), "rows", s.pendingRows, "lsn", s.processed)
-	s.pending, s.pendingRows, s.pendingBytes = nil, 0, 0
+	s.pending, s.pendingRows, s.pendingBytes, s.progress = nil, 0, 0, nil
 	s.durable = s.processed
 	return s.sendStatus(ctx)
 }
@@ -421,9 +463,9 @@ func openOutbox(ctx context.Context, db *pgx.Conn, source, slot string) (*outbox
 	return ob, nil
 }
 
-// append writes txs as the next batch, and the new capture state, in one
-// transaction.
-func (ob *outbox) append(ctx context.Context, txs []pgcourier.Transaction) error {
+// append writes txs as the next batch, the new capture state and the
+// snapshot progress the batch makes, in one transaction.
+func (ob *outbox) append(ctx context.Context, txs []pgcourier.Transaction, progress []snapProgress) error {
 	b := &pgcourier.Batch{Source: ob.source, Epoch: ob.epoch, Seq: ob.nextSeq, Transactions: txs}
 	payload, err := wire.Encode(b)
 	if err != nil {
@@ -447,12 +489,40 @@ func (ob *outbox) append(ctx context.Context, txs []pgcourier.Transaction) error
 			       (epoch, seq, first_commit_lsn, last_commit_lsn, last_commit_time, transactions, rows, payload)
 			VALUES ($1, $2, $3::text::pg_lsn, $4::text::pg_lsn, $5, $6, $7, $8)`,
 			ob.epoch, b.Seq, first.CommitLSN.String(), last.CommitLSN.String(), last.CommitTime, len(txs), b.Rows(), payload)
-		return err
+		if err != nil {
+			return err
+		}
+		return recordProgress(ctx, tx, ob.slot, progress)
 	})
 	if err != nil {
 		return fmt.Errorf("append batch %d to outbox: %w", b.Seq, err)
 	}
 	ob.nextSeq++
 	ob.lastCommitLSN = last.CommitLSN
+	return nil
+}
+
+// saveProgress records snapshot progress that no batch carries (a chunk
+// whose rows all changed while it was read, or an empty last chunk).
+func (ob *outbox) saveProgress(ctx context.Context, progress []snapProgress) error {
+	err := pgx.BeginFunc(ctx, ob.db, func(tx pgx.Tx) error {
+		return recordProgress(ctx, tx, ob.slot, progress)
+	})
+	if err != nil {
+		return fmt.Errorf("record snapshot progress: %w", err)
+	}
+	return nil
+}
+
+func recordProgress(ctx context.Context, tx pgx.Tx, slot string, progress []snapProgress) error {
+	for _, p := range progress {
+		_, err := tx.Exec(ctx, `
+			UPDATE pgcourier.snapshot_progress
+			   SET last_key = $3, rows_done = $4, done = $5, updated_at = now()
+			 WHERE slot = $1 AND table_name = $2`, slot, p.table, p.lastKey, p.rows, p.done)
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }

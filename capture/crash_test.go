@@ -24,6 +24,9 @@ import (
 // its own process, so that the test can kill it with SIGKILL.
 const childEnv = "PGCOURIER_TEST_CAPTURE_CHILD_DB"
 
+// chunkEnv sets the child's snapshot chunk size.
+const chunkEnv = "PGCOURIER_TEST_CAPTURE_CHILD_CHUNK"
+
 func TestMain(m *testing.M) {
 	if db := os.Getenv(childEnv); db != "" {
 		os.Exit(runChild(db))
@@ -37,6 +40,7 @@ func runChild(db string) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	opts := Options{Node: testNode, Database: db, Slot: testSlot, Publication: testPub, Tables: allPublic,
 		MaxBatchDelay: 20 * time.Millisecond, StatusInterval: 200 * time.Millisecond, Logger: log}
+	fmt.Sscan(os.Getenv(chunkEnv), &opts.SnapshotChunkRows)
 	cp, err := New(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

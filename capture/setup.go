@@ -112,6 +112,7 @@ type SetupResult struct {
 	Added       []Table // tables Setup added to the publication
 	Removed     []string
 	Refused     []Table // selected tables without identity, left out of the publication
+	Snapshots   []Table // tables whose existing rows capture will copy first
 	SlotCreated bool
 	Epoch       int64
 }
@@ -138,6 +139,35 @@ func Setup(ctx context.Context, conn *pgx.Conn, opts SetupOptions) (SetupResult,
 	}
 	if err := ensureSlot(ctx, conn, opts.Slot, &res); err != nil {
 		return res, err
+	}
+	// Rows that exist before capture starts reach the outbox through a
+	// snapshot: every table just added to the publication, and, when the
+	// slot is new, every table that holds rows. (Creating the slot waited
+	// for every running transaction, so a table empty now has all of its
+	// rows in the stream.)
+	toSnapshot := res.Added
+	if res.SlotCreated {
+		toSnapshot = nil
+		for _, t := range res.Published {
+			var empty bool
+			if err := conn.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM `+t.Ident()+`)`).Scan(&empty); err != nil {
+				return res, fmt.Errorf("read %s: %w", t.Ident(), err)
+			}
+			if !empty {
+				toSnapshot = append(toSnapshot, t)
+			}
+		}
+	}
+	for _, t := range toSnapshot {
+		if _, err := conn.Exec(ctx, `
+			INSERT INTO pgcourier.snapshot_progress (slot, table_name, rows_estimate)
+			VALUES ($1, $2::text, (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $2::text::regclass))
+			ON CONFLICT (slot, table_name) DO UPDATE
+			   SET done = false, last_key = NULL, rows_done = 0, rows_estimate = excluded.rows_estimate,
+			       started_at = now(), updated_at = now()`, opts.Slot, t.Ident()); err != nil {
+			return res, fmt.Errorf("schedule snapshot of %s: %w", t.Ident(), err)
+		}
+		res.Snapshots = append(res.Snapshots, t)
 	}
 	if len(res.Refused) > 0 {
 		var names, fixes []string

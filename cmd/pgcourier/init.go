@@ -65,6 +65,9 @@ func initCapture(ctx context.Context, conn *pgx.Conn, cfg *config.Config, stdout
 	for _, t := range res.Removed {
 		fmt.Fprintf(stdout, "%s: no longer capturing %s\n", cfg.Node, t)
 	}
+	for _, t := range res.Snapshots {
+		fmt.Fprintf(stdout, "%s: the rows %s holds now will be copied when capture starts\n", cfg.Node, t.Ident())
+	}
 	if res.SlotCreated {
 		fmt.Fprintf(stdout, "%s: created replication slot %s (epoch %d)\n", cfg.Node, cfg.Capture.Slot, res.Epoch)
 	}

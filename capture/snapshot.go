@@ -1,0 +1,393 @@
+package capture
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	pgcourier "github.com/pgcourier/pgcourier"
+)
+
+// The initial snapshot copies the rows a table held before capture started,
+// without stopping writers and without a long-lived exported snapshot, so it
+// can resume after a crash. It reads a table in key order, one chunk at a
+// time, and places each chunk in the stream between two watermarks:
+//
+//  1. commit a low watermark (a transactional logical message);
+//  2. read the next chunk of rows (a fresh snapshot, after the low mark);
+//  3. commit a high watermark.
+//
+// When the stream reaches the high mark, the chunk goes into the outbox as
+// one transaction at that position, less every row whose key changed
+// between the marks: those changes are already in the stream before it, and
+// the chunk's copy could be older than they are. Every other row is exactly
+// as of the low mark, and every later change follows it in the stream. The
+// chunk's progress is recorded in the same outbox transaction, so a crash
+// resumes after the last chunk in the outbox; a chunk in flight is read again.
+
+// snapshotPrefix is the logical message prefix of the watermarks.
+const snapshotPrefix = "pgcourier.snapshot"
+
+// DefaultSnapshotChunkRows is the most rows one snapshot chunk reads.
+const DefaultSnapshotChunkRows = 10000
+
+// snapshotMaxLag is how far behind the server's WAL the stream may be when
+// a snapshot chunk is read.
+const snapshotMaxLag = 4 << 20
+
+// snapshotChunkBytes bounds a chunk's size, whatever the row width.
+const snapshotChunkBytes = 32 << 20
+
+// snapTable is a table whose snapshot is not finished.
+type snapTable struct {
+	name     string // quoted schema.table
+	rel      *pgcourier.Relation
+	keyCols  []int    // indexes into rel.Columns of the chunking key; none for a keyless table
+	lastKey  []string // key of the last row in the outbox; nil before the first chunk
+	rowsDone int64
+	estimate int64
+	query    string // the chunk query; $n are the last key's values
+	first    string // the chunk query for the first chunk
+}
+
+// chunk is a snapshot chunk between its watermarks.
+type chunk struct {
+	id       string
+	table    *snapTable
+	lowSeen  bool
+	rows     [][]pgcourier.Value
+	byKey    map[string]int // key → index in rows
+	dropped  map[int]bool   // rows whose key changed between the marks
+	touched  bool           // a keyless table changed between the marks
+	last     bool           // the table has no rows after this chunk
+	lastKey  []string
+	finished time.Time
+}
+
+// snapProgress is a chunk's progress, recorded with the batch that holds it.
+type snapProgress struct {
+	table    string
+	lastKey  []string
+	rows     int64
+	done     bool
+	estimate int64
+}
+
+// snapshotter reads chunks on its own connection.
+type snapshotter struct {
+	conn      *pgx.Conn
+	slot      string
+	chunkRows int
+	log       *slog.Logger
+	queue     []*snapTable
+	cur       *chunk
+	started   time.Time
+	lastLog   time.Time
+}
+
+func newSnapshotter(ctx context.Context, url, slot string, chunkRows int, log *slog.Logger) (*snapshotter, error) {
+	sn := &snapshotter{slot: slot, chunkRows: chunkRows, log: log, started: time.Now()}
+	db, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: connect: %w", err)
+	}
+	sn.conn = db
+	for k, v := range pgcourier.ValueSettings() {
+		if _, err := db.Exec(ctx, fmt.Sprintf("SET %s = '%s'", k, v)); err != nil {
+			sn.close(ctx)
+			return nil, fmt.Errorf("snapshot: set %s: %w", k, err)
+		}
+	}
+	rows, err := db.Query(ctx, `
+		SELECT table_name, last_key, rows_done, rows_estimate
+		  FROM pgcourier.snapshot_progress
+		 WHERE slot = $1 AND NOT done AND to_regclass(table_name) IS NOT NULL
+		 ORDER BY started_at, table_name`, slot)
+	if err != nil {
+		sn.close(ctx)
+		return nil, fmt.Errorf("snapshot: read progress: %w", err)
+	}
+	for rows.Next() {
+		t := &snapTable{}
+		if err := rows.Scan(&t.name, &t.lastKey, &t.rowsDone, &t.estimate); err != nil {
+			rows.Close()
+			sn.close(ctx)
+			return nil, fmt.Errorf("snapshot: read progress: %w", err)
+		}
+		sn.queue = append(sn.queue, t)
+	}
+	if err := rows.Err(); err != nil {
+		sn.close(ctx)
+		return nil, fmt.Errorf("snapshot: read progress: %w", err)
+	}
+	for _, t := range sn.queue {
+		if err := sn.describe(ctx, t); err != nil {
+			sn.close(ctx)
+			return nil, err
+		}
+		sn.log.Info("snapshot pending", "table", t.name, "rows_done", t.rowsDone, "rows_estimate", t.estimate)
+	}
+	return sn, nil
+}
+
+func (sn *snapshotter) close(ctx context.Context) {
+	sn.conn.Close(context.WithoutCancel(ctx))
+}
+
+// describe reads the table's columns as pgoutput sends them (no dropped or
+// generated columns; key flags from the replica identity) and builds the
+// chunk queries, ordered by the primary key or else the identity index.
+func (sn *snapshotter) describe(ctx context.Context, t *snapTable) error {
+	rows, err := sn.conn.Query(ctx, `
+		WITH c AS (SELECT oid, relnamespace, relname, relreplident, relkind FROM pg_class WHERE oid = $1::regclass),
+		     ident AS (SELECT i.indkey::int2[] AS k FROM pg_index i, c
+		                WHERE i.indrelid = c.oid AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))),
+		     chunkkey AS (SELECT i.indkey::int2[] AS k FROM pg_index i, c
+		                   WHERE i.indrelid = c.oid AND (i.indisprimary OR (c.relreplident = 'i' AND i.indisreplident))
+		                   ORDER BY i.indisprimary DESC LIMIT 1)
+		SELECT n.nspname, c.relname, c.relkind = 'p', a.attname, format_type(a.atttypid, a.atttypmod),
+		       c.relreplident = 'f' OR a.attnum = ANY (coalesce((SELECT k FROM ident), '{}')),
+		       coalesce((SELECT o FROM chunkkey, unnest(k) WITH ORDINALITY u(att, o) WHERE att = a.attnum), 0)
+		  FROM c JOIN pg_namespace n ON n.oid = c.relnamespace
+		  JOIN pg_attribute a ON a.attrelid = c.oid
+		 WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+		 ORDER BY a.attnum`, t.name)
+	if err != nil {
+		return fmt.Errorf("snapshot: describe %s: %w", t.name, err)
+	}
+	defer rows.Close()
+	rel := &pgcourier.Relation{}
+	var partitioned bool
+	keyPos := map[int]int{} // position in the chunk key → column index
+	for rows.Next() {
+		var col pgcourier.Column
+		var pos int
+		if err := rows.Scan(&rel.Schema, &rel.Name, &partitioned, &col.Name, &col.Type, &col.Key, &pos); err != nil {
+			return fmt.Errorf("snapshot: describe %s: %w", t.name, err)
+		}
+		if pos > 0 {
+			keyPos[pos] = len(rel.Columns)
+		}
+		rel.Columns = append(rel.Columns, col)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("snapshot: describe %s: %w", t.name, err)
+	}
+	if len(rel.Columns) == 0 {
+		return fmt.Errorf("snapshot: describe %s: no columns", t.name)
+	}
+	t.rel = rel
+	t.keyCols = nil
+	for i := 1; i <= len(keyPos); i++ {
+		t.keyCols = append(t.keyCols, keyPos[i])
+	}
+
+	var cols, keys, params []string
+	for _, c := range rel.Columns {
+		cols = append(cols, pgx.Identifier{c.Name}.Sanitize())
+	}
+	for i, k := range t.keyCols {
+		keys = append(keys, pgx.Identifier{rel.Columns[k].Name}.Sanitize())
+		params = append(params, fmt.Sprintf("$%d::text::%s", i+1, rel.Columns[k].Type))
+	}
+	from := "ONLY " + t.name
+	if partitioned {
+		from = t.name
+	}
+	base := "SELECT " + strings.Join(cols, ", ") + " FROM " + from
+	if len(t.keyCols) == 0 {
+		t.first, t.query = base, base
+		return nil
+	}
+	order := " ORDER BY " + strings.Join(keys, ", ") + fmt.Sprintf(" LIMIT %d", sn.chunkRows)
+	t.first = base + order
+	t.query = base + " WHERE (" + strings.Join(keys, ", ") + ") > (" + strings.Join(params, ", ") + ")" + order
+	return nil
+}
+
+// idle reports whether a new chunk may start.
+func (sn *snapshotter) idle() bool { return sn.cur == nil && len(sn.queue) > 0 }
+
+// start reads the next chunk of the first pending table between two
+// watermarks.
+func (sn *snapshotter) start(ctx context.Context) error {
+	t := sn.queue[0]
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	ch := &chunk{id: hex.EncodeToString(b[:]), table: t, byKey: map[string]int{}, dropped: map[int]bool{}}
+	if err := sn.mark(ctx, "low", ch.id); err != nil {
+		return err
+	}
+	query, args := t.first, []any{}
+	if t.lastKey != nil && len(t.keyCols) > 0 {
+		query = t.query
+		for _, k := range t.lastKey {
+			args = append(args, k)
+		}
+	}
+	args = append([]any{pgx.QueryExecModeSimpleProtocol}, args...)
+	rows, err := sn.conn.Query(ctx, query, args...)
+	if err != nil {
+		return fmt.Errorf("snapshot: read %s: %w", t.name, err)
+	}
+	size := 0
+	full := false
+	for rows.Next() {
+		raw := rows.RawValues()
+		row := make([]pgcourier.Value, len(raw))
+		for i, v := range raw {
+			if v == nil {
+				row[i] = pgcourier.Value{Kind: pgcourier.Null}
+			} else {
+				row[i] = pgcourier.TextValue(string(v))
+				size += len(v)
+			}
+		}
+		if len(t.keyCols) > 0 {
+			ch.byKey[rowKey(row, t.keyCols)] = len(ch.rows)
+		}
+		ch.rows = append(ch.rows, row)
+		if len(t.keyCols) > 0 && (len(ch.rows) >= sn.chunkRows || size >= snapshotChunkBytes) {
+			full = true
+			break
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("snapshot: read %s: %w", t.name, err)
+	}
+	ch.last = !full
+	if n := len(ch.rows); n > 0 && len(t.keyCols) > 0 {
+		for _, k := range t.keyCols {
+			ch.lastKey = append(ch.lastKey, ch.rows[n-1][k].Text)
+		}
+	}
+	if err := sn.mark(ctx, "high", ch.id); err != nil {
+		return err
+	}
+	sn.cur = ch
+	return nil
+}
+
+func (sn *snapshotter) mark(ctx context.Context, which, id string) error {
+	if _, err := sn.conn.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, snapshotPrefix, which+":"+id); err != nil {
+		return fmt.Errorf("snapshot: %s watermark: %w", which, err)
+	}
+	return nil
+}
+
+// rowKey joins the key values of a row into one map key.
+func rowKey(row []pgcourier.Value, keyCols []int) string {
+	var b strings.Builder
+	for _, k := range keyCols {
+		b.WriteString(row[k].Text)
+		b.WriteByte(0)
+	}
+	return b.String()
+}
+
+// observe notes the changes a streamed transaction made to the table of the
+// chunk between its watermarks.
+func (sn *snapshotter) observe(tx *pgcourier.Transaction) {
+	ch := sn.cur
+	if ch == nil || !ch.lowSeen {
+		return
+	}
+	t := ch.table
+	for _, c := range tx.Changes {
+		if c.Rel.Schema != t.rel.Schema || c.Rel.Name != t.rel.Name {
+			continue
+		}
+		if len(t.keyCols) == 0 || c.Op == pgcourier.OpTruncate {
+			ch.touched = true
+			continue
+		}
+		for _, img := range [][]pgcourier.Value{c.New, c.Old} {
+			if img == nil {
+				continue
+			}
+			if k, ok := keyOf(c.Rel, img, t); ok {
+				if i, ok := ch.byKey[k]; ok {
+					ch.dropped[i] = true
+				}
+			}
+		}
+	}
+}
+
+// keyOf returns the chunk key of a streamed row image, matching columns by
+// name (the stream's relation may differ from the snapshot's after a schema
+// change).
+func keyOf(rel *pgcourier.Relation, img []pgcourier.Value, t *snapTable) (string, bool) {
+	var b strings.Builder
+	for _, k := range t.keyCols {
+		name := t.rel.Columns[k].Name
+		found := false
+		for i, c := range rel.Columns {
+			if c.Name == name {
+				if img[i].Kind != pgcourier.Text {
+					return "", false
+				}
+				b.WriteString(img[i].Text)
+				b.WriteByte(0)
+				found = true
+				break
+			}
+		}
+		if !found {
+			return "", false
+		}
+	}
+	return b.String(), true
+}
+
+// marker handles a watermark reached by the stream. For a chunk's high mark
+// it returns the chunk as a transaction at the mark's position, and its
+// progress. It returns neither when a keyless table changed between the
+// marks: that chunk is read again.
+func (sn *snapshotter) marker(m string, commit pgcourier.Transaction) (tx *pgcourier.Transaction, p *snapProgress) {
+	ch := sn.cur
+	which, id, _ := strings.Cut(m, ":")
+	if ch == nil || id != ch.id {
+		return nil, nil // a mark of a chunk an earlier session read
+	}
+	if which == "low" {
+		ch.lowSeen = true
+		return nil, nil
+	}
+	sn.cur = nil
+	t := ch.table
+	if ch.touched {
+		sn.log.Info("snapshot chunk changed while read; reading it again", "table", t.name)
+		return nil, nil
+	}
+	out := &pgcourier.Transaction{CommitLSN: commit.CommitLSN, CommitTime: commit.CommitTime}
+	for i, row := range ch.rows {
+		if !ch.dropped[i] {
+			out.Changes = append(out.Changes, pgcourier.Change{Rel: t.rel, Op: pgcourier.OpInsert, New: row})
+		}
+	}
+	t.rowsDone += int64(len(ch.rows))
+	if ch.lastKey != nil {
+		t.lastKey = ch.lastKey
+	}
+	p = &snapProgress{table: t.name, lastKey: t.lastKey, rows: t.rowsDone, done: ch.last, estimate: t.estimate}
+	if ch.last {
+		sn.queue = sn.queue[1:]
+		elapsed := time.Since(sn.started)
+		sn.log.Info("snapshot finished", "table", t.name, "rows", t.rowsDone, "elapsed", elapsed.Round(time.Millisecond))
+	} else if time.Since(sn.lastLog) >= 5*time.Second {
+		sn.lastLog = time.Now()
+		rate := float64(t.rowsDone) / time.Since(sn.started).Seconds()
+		sn.log.Info("snapshot progress", "table", t.name, "rows_done", t.rowsDone, "rows_estimate", t.estimate, "rows_per_s", int64(rate))
+	}
+	return out, p
+}
