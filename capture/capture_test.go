@@ -474,3 +474,44 @@ func TestHealth(t *testing.T) {
 		t.Errorf("Health(no_such_slot) = %+v, %v; want not existing, no error", h, err)
 	}
 }
+
+func TestCapturePartitionsAndIdentities(t *testing.T) {
+	c := pgtest.Start(t)
+	c.Exec(t, `CREATE TABLE specimen (id int, taken date, PRIMARY KEY (id, taken)) PARTITION BY RANGE (taken)`)
+	c.Exec(t, `CREATE TABLE specimen_2025 PARTITION OF specimen FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')`)
+	c.Exec(t, `CREATE TABLE specimen_2026 PARTITION OF specimen FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')`)
+	c.Exec(t, `CREATE TABLE device (serial text NOT NULL, site text)`)
+	c.Exec(t, `CREATE UNIQUE INDEX device_serial ON device (serial)`)
+	c.Exec(t, `ALTER TABLE device REPLICA IDENTITY USING INDEX device_serial`)
+	prepare(t, c, allPublic)
+	runCapture(t, testOptions(c, allPublic))
+
+	c.Exec(t, `INSERT INTO specimen VALUES (1, '2025-06-01'), (2, '2026-06-01')`)
+	c.Exec(t, `UPDATE specimen SET taken = '2026-02-01' WHERE id = 1`) // moves between partitions
+	c.Exec(t, `INSERT INTO device VALUES ('A1', 'kisumu')`)
+	c.Exec(t, `UPDATE device SET serial = 'A2' WHERE serial = 'A1'`)
+	c.Exec(t, `DELETE FROM device`)
+
+	got := waitChanges(t, c.Connect(t), 7)
+	var summary []string
+	for _, ch := range got {
+		s := ch.Rel.Name + " " + ch.Op.String()
+		if ch.Old != nil {
+			s += " old=" + ch.Old[0].Text
+		}
+		summary = append(summary, s)
+	}
+	want := []string{
+		"specimen insert", "specimen insert",
+		// Postgres decodes a move between partitions as a delete and an insert.
+		"specimen delete old=1", "specimen insert",
+		"device insert", "device update old=A1", "device delete old=A2",
+	}
+	if strings.Join(summary, "; ") != strings.Join(want, "; ") {
+		t.Errorf("captured %q, want %q", summary, want)
+	}
+	dev := got[4].Rel
+	if !dev.Columns[0].Key || dev.Columns[1].Key {
+		t.Errorf("device columns = %+v, want serial as the key (REPLICA IDENTITY USING INDEX)", dev.Columns)
+	}
+}
