@@ -72,6 +72,9 @@ const (
 	DefaultReadTimeout    = 90 * time.Second
 )
 
+// shutdownTimeout bounds the work capture does after it was told to stop.
+const shutdownTimeout = 5 * time.Second
+
 // Capturer streams a node's changes into its outbox. Create it with New and
 // run it with Run.
 type Capturer struct {
@@ -87,6 +90,11 @@ func New(opts Options) (*Capturer, error) {
 	}
 	if opts.Database == "" || opts.Slot == "" || opts.Publication == "" {
 		return nil, fmt.Errorf("capture: database, slot and publication are required")
+	}
+	for _, name := range []string{opts.Slot, opts.Publication} {
+		if !plainName(name) {
+			return nil, fmt.Errorf("capture: name %q: use lowercase letters, digits and '_'", name)
+		}
 	}
 	if opts.MaxBatchRows <= 0 {
 		opts.MaxBatchRows = DefaultMaxBatchRows
@@ -203,9 +211,16 @@ func (c *Capturer) session(ctx context.Context) error {
 	s.asm = newAssembler(s.typeName)
 	err = s.run(ctx)
 	if ctx.Err() != nil {
-		// Shutting down: what is pending is not in the outbox, so it is not
-		// confirmed either; the slot sends it again next time.
-		s.sendStatus(context.WithoutCancel(ctx)) //nolint:errcheck // best effort on the way out
+		// Shutting down: keep what was received, tell the slot, and go.
+		// Whatever does not make it is sent again by the slot next time.
+		done, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+		defer cancel()
+		if len(s.pending) > 0 {
+			if err := s.flush(done); err != nil {
+				c.log.Warn("capture: pending batch not written on shutdown", "err", err)
+			}
+		}
+		s.sendStatus(done) //nolint:errcheck // best effort on the way out
 	}
 	return err
 }
@@ -267,6 +282,7 @@ func (s *stream) run(ctx context.Context) error {
 			if err := s.snap.start(ctx); err != nil {
 				return err
 			}
+			lastHeard = time.Now() // the server was not silent: nobody listened
 		}
 		deadline := s.nextStatus
 		if len(s.pending) > 0 && s.flushAt.Before(deadline) {
@@ -371,8 +387,9 @@ func (s *stream) commit(ctx context.Context, t *committed) error {
 	s.snap.observe(&t.tx)
 	tx, keep := &t.tx, !t.skipped && len(t.tx.Changes) > 0 // relayed data, or nothing published
 	var prog *snapProgress
+	size := t.bytes
 	if t.marker != "" {
-		tx, prog = s.snap.marker(t.marker, t.tx)
+		tx, prog, size = s.snap.marker(t.marker, t.tx)
 		keep = tx != nil && len(tx.Changes) > 0
 	}
 	if keep && tx.CommitLSN <= s.ob.lastCommitLSN {
@@ -390,7 +407,7 @@ func (s *stream) commit(ctx context.Context, t *committed) error {
 		}
 		s.pending = append(s.pending, *tx)
 		s.pendingRows += len(tx.Changes)
-		s.pendingBytes += t.bytes
+		s.pendingBytes += size
 	}
 	if prog != nil {
 		s.progress = append(s.progress, *prog)
@@ -525,4 +542,18 @@ func recordProgress(ctx context.Context, tx pgx.Tx, slot string, progress []snap
 		}
 	}
 	return nil
+}
+
+// plainName reports whether name is a slot or publication name that needs
+// no quoting: lowercase letters, digits and '_', at most 63 bytes.
+func plainName(name string) bool {
+	if name == "" || len(name) > 63 {
+		return false
+	}
+	for _, c := range name {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
+			return false
+		}
+	}
+	return true
 }

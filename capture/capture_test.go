@@ -35,10 +35,35 @@ func prepare(t *testing.T, c *pgtest.Cluster, filter pgcourier.TableFilter) {
 	if _, err := Setup(ctx, conn, SetupOptions{Slot: testSlot, Publication: testPub, Tables: filter}); err != nil {
 		t.Fatalf("Setup: %v", err)
 	}
-	t.Cleanup(func() {
-		// Never leave a slot behind: it pins WAL.
-		c.Exec(t, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, testSlot)
-	})
+	t.Cleanup(func() { dropSlot(t, c) })
+}
+
+// dropSlot drops the test's slot, ending a walsender still holding it:
+// never leave a slot behind, it pins WAL.
+func dropSlot(t *testing.T, c *pgtest.Cluster) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, c.URL())
+	if err != nil {
+		t.Errorf("drop slot: %v", err)
+		return
+	}
+	defer conn.Close(ctx)
+	for range 50 {
+		_, err = conn.Exec(ctx, `
+			SELECT CASE WHEN active THEN pg_terminate_backend(active_pid)::text
+			            ELSE pg_drop_replication_slot(slot_name)::text END
+			  FROM pg_replication_slots WHERE slot_name = $1`, testSlot)
+		var left bool
+		if err == nil {
+			err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, testSlot).Scan(&left)
+		}
+		if err == nil && !left {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Errorf("drop slot %s: still there after 5s (last error %v)", testSlot, err)
 }
 
 func testOptions(c *pgtest.Cluster, filter pgcourier.TableFilter) Options {
@@ -408,8 +433,8 @@ func TestSetup(t *testing.T) {
 
 	// A dropped slot is never recreated silently.
 	c.Exec(t, `SELECT pg_drop_replication_slot($1)`, testSlot)
-	if _, err := Setup(ctx, conn, opts); !errors.Is(err, ErrSlotLost) || !strings.Contains(err.Error(), "pgcourier resync") {
-		t.Errorf("Setup after the slot was dropped = %v, want ErrSlotLost naming pgcourier resync", err)
+	if _, err := Setup(ctx, conn, opts); !errors.Is(err, ErrSlotLost) || !strings.Contains(err.Error(), "DELETE FROM pgcourier.capture_state") {
+		t.Errorf("Setup after the slot was dropped = %v, want ErrSlotLost with the recovery", err)
 	}
 	c.Exec(t, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, testSlot) // for the cleanup
 }

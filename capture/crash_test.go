@@ -53,6 +53,49 @@ func runChild(db string) int {
 	return 0
 }
 
+// childProc is a Capturer running in a child process, which a test kills
+// with SIGKILL and restarts. It is stopped when the test ends, whatever
+// happened, and dies with the test binary.
+type childProc struct {
+	env []string
+	mu  sync.Mutex
+	cmd *exec.Cmd
+}
+
+func startChild(t *testing.T, env ...string) *childProc {
+	t.Helper()
+	p := &childProc{env: append(os.Environ(), env...)}
+	if err := p.restart(false); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		p.cmd.Wait()
+	})
+	return p
+}
+
+// restart kills the running child, if kill, and starts a new one.
+func (p *childProc) restart(kill bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if kill {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = p.env
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start capture child: %w", err)
+	}
+	p.cmd = cmd
+	return nil
+}
+
 // load commits transactions of 1 to 20 inserts into events; every fifth
 // transaction also updates a row of an earlier one. It remembers how many
 // changes each transaction (numbered in the txn column) made, across runs.
@@ -183,47 +226,35 @@ func TestCaptureKill9(t *testing.T) {
 	c.Exec(t, eventsTable)
 	prepare(t, c, allPublic)
 
-	start := func() *exec.Cmd {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childEnv+"="+c.URL())
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return cmd
-	}
+	child := startChild(t, childEnv+"="+c.URL())
 	ctx := context.Background()
 	done := make(chan struct{})
+	killed := make(chan error, 1)
 	kills := 0
-	var child *exec.Cmd
-	var killer sync.WaitGroup
-	killer.Add(1)
 	go func() {
-		defer killer.Done()
-		child = start()
 		for {
 			select {
 			case <-done:
+				killed <- nil
 				return
 			case <-time.After(time.Duration(100+rand.IntN(900)) * time.Millisecond):
 			}
-			child.Process.Kill()
-			child.Wait()
+			if err := child.restart(true); err != nil {
+				killed <- err
+				return
+			}
 			kills++
-			child = start()
 		}
 	}()
 	var l load
 	err := l.run(ctx, c.URL(), 4, 100_000)
 	close(done)
-	killer.Wait()
+	if kerr := <-killed; kerr != nil {
+		t.Fatal(kerr)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		child.Process.Signal(syscall.SIGTERM)
-		child.Wait()
-	})
 	conn := c.Connect(t)
 	waitTotal(t, conn, &l)
 	t.Logf("%d transactions, %d kills", len(l.made), kills)

@@ -140,34 +140,8 @@ func Setup(ctx context.Context, conn *pgx.Conn, opts SetupOptions) (SetupResult,
 	if err := ensureSlot(ctx, conn, opts.Slot, &res); err != nil {
 		return res, err
 	}
-	// Rows that exist before capture starts reach the outbox through a
-	// snapshot: every table just added to the publication, and, when the
-	// slot is new, every table that holds rows. (Creating the slot waited
-	// for every running transaction, so a table empty now has all of its
-	// rows in the stream.)
-	toSnapshot := res.Added
-	if res.SlotCreated {
-		toSnapshot = nil
-		for _, t := range res.Published {
-			var empty bool
-			if err := conn.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM `+t.Ident()+`)`).Scan(&empty); err != nil {
-				return res, fmt.Errorf("read %s: %w", t.Ident(), err)
-			}
-			if !empty {
-				toSnapshot = append(toSnapshot, t)
-			}
-		}
-	}
-	for _, t := range toSnapshot {
-		if _, err := conn.Exec(ctx, `
-			INSERT INTO pgcourier.snapshot_progress (slot, table_name, rows_estimate)
-			VALUES ($1, $2::text, (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $2::text::regclass))
-			ON CONFLICT (slot, table_name) DO UPDATE
-			   SET done = false, last_key = NULL, rows_done = 0, rows_estimate = excluded.rows_estimate,
-			       started_at = now(), updated_at = now()`, opts.Slot, t.Ident()); err != nil {
-			return res, fmt.Errorf("schedule snapshot of %s: %w", t.Ident(), err)
-		}
-		res.Snapshots = append(res.Snapshots, t)
+	if err := scheduleSnapshots(ctx, conn, opts.Slot, &res); err != nil {
+		return res, err
 	}
 	if len(res.Refused) > 0 {
 		var names, fixes []string
@@ -179,6 +153,47 @@ func Setup(ctx context.Context, conn *pgx.Conn, opts SetupOptions) (SetupResult,
 			ErrNoIdentity, strings.Join(names, ", "), strings.Join(fixes, " "))
 	}
 	return res, nil
+}
+
+// scheduleSnapshots makes sure the rows a published table held before
+// capture reach the outbox: every published table without a snapshot record
+// gets one, pending unless the slot was created just now and the table is
+// empty. (The publication was complete before the slot was created, and
+// creating it waited for every running transaction, so every row written
+// into an empty table from then on is in the stream.) Records of tables no
+// longer published are removed, so that a table added again is copied
+// again. Keying on the records rather than on what this call added makes a
+// crash between the publication change and this step harmless.
+func scheduleSnapshots(ctx context.Context, conn *pgx.Conn, slot string, res *SetupResult) error {
+	published := make([]string, len(res.Published))
+	for i, t := range res.Published {
+		published[i] = t.Ident()
+	}
+	if _, err := conn.Exec(ctx, `DELETE FROM pgcourier.snapshot_progress WHERE slot = $1 AND NOT table_name = ANY ($2)`, slot, published); err != nil {
+		return fmt.Errorf("schedule snapshots: %w", err)
+	}
+	for _, t := range res.Published {
+		done := false
+		if res.SlotCreated {
+			if err := conn.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM `+t.Ident()+`)`).Scan(&done); err != nil {
+				return fmt.Errorf("read %s: %w", t.Ident(), err)
+			}
+		}
+		tag, err := conn.Exec(ctx, `
+			INSERT INTO pgcourier.snapshot_progress (slot, table_name, done, rows_estimate)
+			VALUES ($1, $2::text, $3, (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $2::text::regclass))
+			ON CONFLICT (slot, table_name) DO UPDATE
+			   SET done = excluded.done, last_key = NULL, rows_done = 0, rows_estimate = excluded.rows_estimate,
+			       started_at = now(), updated_at = now()
+			 WHERE $4`, slot, t.Ident(), done, res.SlotCreated)
+		if err != nil {
+			return fmt.Errorf("schedule snapshot of %s: %w", t.Ident(), err)
+		}
+		if tag.RowsAffected() == 1 && !done {
+			res.Snapshots = append(res.Snapshots, t)
+		}
+	}
+	return nil
 }
 
 func syncPublication(ctx context.Context, conn *pgx.Conn, opts SetupOptions, res *SetupResult) error {
@@ -312,13 +327,23 @@ func readSlot(ctx context.Context, conn *pgx.Conn, slot string) (slotState, erro
 func (st slotState) check(slot string, known bool) error {
 	switch {
 	case !st.exists && known:
-		return fmt.Errorf("%w: slot %s no longer exists; changes made since it was dropped cannot be read: run pgcourier resync -c FILE (a new epoch and a fresh snapshot)", ErrSlotLost, slot)
+		return fmt.Errorf("%w: slot %s no longer exists; changes made since it was dropped cannot be read. %s", ErrSlotLost, slot, resyncHint(slot))
 	case !st.exists:
 		return nil
 	case st.plugin != "pgoutput" || !st.sameDB:
 		return fmt.Errorf("replication slot %s exists but is not a pgoutput slot of this database: choose another [capture] slot, or drop it (SELECT pg_drop_replication_slot('%s');)", slot, slot)
 	case st.walStatus == "lost":
-		return fmt.Errorf("%w: Postgres invalidated slot %s (max_slot_wal_keep_size was exceeded): run pgcourier resync -c FILE (a new epoch and a fresh snapshot)", ErrSlotLost, slot)
+		return fmt.Errorf("%w: Postgres invalidated slot %s (max_slot_wal_keep_size was exceeded). %s", ErrSlotLost, slot, resyncHint(slot))
 	}
 	return nil
+}
+
+// resyncHint is the recovery from a lost slot: start a new epoch, whose
+// snapshot copies every row again. The outbox keeps what it holds of the
+// old epoch and still ships it.
+func resyncHint(slot string) string {
+	return fmt.Sprintf("To start a new epoch with a fresh snapshot of every captured table, run as a superuser: "+
+		"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '%[1]s'; "+
+		"DELETE FROM pgcourier.capture_state WHERE slot = '%[1]s'; DELETE FROM pgcourier.snapshot_progress WHERE slot = '%[1]s'; "+
+		"then pgcourier init -c FILE", slot)
 }

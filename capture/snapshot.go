@@ -41,8 +41,9 @@ const DefaultSnapshotChunkRows = 10000
 // a snapshot chunk is read.
 const snapshotMaxLag = 4 << 20
 
-// snapshotChunkBytes bounds a chunk's size, whatever the row width.
-const snapshotChunkBytes = 32 << 20
+// snapshotChunkBytes bounds a chunk's size, whatever the row width; it
+// stays below DefaultMaxBatchBytes.
+const snapshotChunkBytes = 4 << 20
 
 // snapTable is a table whose snapshot is not finished.
 type snapTable struct {
@@ -66,6 +67,7 @@ type chunk struct {
 	dropped  map[int]bool   // rows whose key changed between the marks
 	touched  bool           // a keyless table changed between the marks
 	last     bool           // the table has no rows after this chunk
+	bytes    int            // size of the rows' values
 	lastKey  []string
 	finished time.Time
 }
@@ -201,13 +203,26 @@ func (sn *snapshotter) describe(ctx context.Context, t *snapTable) error {
 		from = t.name
 	}
 	base := "SELECT " + strings.Join(cols, ", ") + " FROM " + from
+	var tracked string
+	if err := sn.conn.QueryRow(ctx, `SELECT current_setting('track_commit_timestamp')`).Scan(&tracked); err != nil {
+		return fmt.Errorf("snapshot: describe %s: %w", t.name, err)
+	}
+	if tracked == "on" {
+		// On a node that also applies other sources' batches, rows whose
+		// last writer was the applier are not this node's to send.
+		base += " WHERE coalesce((pg_xact_commit_timestamp_origin(xmin)).roident, 0) = 0"
+	}
 	if len(t.keyCols) == 0 {
 		t.first, t.query = base, base
 		return nil
 	}
 	order := " ORDER BY " + strings.Join(keys, ", ") + fmt.Sprintf(" LIMIT %d", sn.chunkRows)
 	t.first = base + order
-	t.query = base + " WHERE (" + strings.Join(keys, ", ") + ") > (" + strings.Join(params, ", ") + ")" + order
+	cond := " WHERE "
+	if tracked == "on" {
+		cond = " AND "
+	}
+	t.query = base + cond + "(" + strings.Join(keys, ", ") + ") > (" + strings.Join(params, ", ") + ")" + order
 	return nil
 }
 
@@ -224,6 +239,9 @@ func (sn *snapshotter) start(ctx context.Context) error {
 	}
 	ch := &chunk{id: hex.EncodeToString(b[:]), table: t, byKey: map[string]int{}, dropped: map[int]bool{}}
 	if err := sn.mark(ctx, "low", ch.id); err != nil {
+		return err
+	}
+	if err := sn.settle(ctx); err != nil {
 		return err
 	}
 	query, args := t.first, []any{}
@@ -265,6 +283,7 @@ func (sn *snapshotter) start(ctx context.Context) error {
 		return fmt.Errorf("snapshot: read %s: %w", t.name, err)
 	}
 	ch.last = !full
+	ch.bytes = size
 	if n := len(ch.rows); n > 0 && len(t.keyCols) > 0 {
 		for _, k := range t.keyCols {
 			ch.lastKey = append(ch.lastKey, ch.rows[n-1][k].Text)
@@ -275,6 +294,30 @@ func (sn *snapshotter) start(ctx context.Context) error {
 	}
 	sn.cur = ch
 	return nil
+}
+
+// settle waits until no transaction is committed but not yet visible. Such
+// a transaction's commit can lie before the low mark in the stream while a
+// chunk read now would not see its changes; the chunk would then carry rows
+// older than the stream before it.
+func (sn *snapshotter) settle(ctx context.Context) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var n int
+		err := sn.conn.QueryRow(ctx, `
+			SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) x
+			 WHERE pg_xact_status(x) = 'committed'`).Scan(&n)
+		if err != nil {
+			return fmt.Errorf("snapshot: wait for committing transactions: %w", err)
+		}
+		if n == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("snapshot: %d transactions stayed committed but invisible for 10s", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func (sn *snapshotter) mark(ctx context.Context, which, id string) error {
@@ -353,21 +396,21 @@ func keyOf(rel *pgcourier.Relation, img []pgcourier.Value, t *snapTable) (string
 // it returns the chunk as a transaction at the mark's position, and its
 // progress. It returns neither when a keyless table changed between the
 // marks: that chunk is read again.
-func (sn *snapshotter) marker(m string, commit pgcourier.Transaction) (tx *pgcourier.Transaction, p *snapProgress) {
+func (sn *snapshotter) marker(m string, commit pgcourier.Transaction) (tx *pgcourier.Transaction, p *snapProgress, bytes int) {
 	ch := sn.cur
 	which, id, _ := strings.Cut(m, ":")
 	if ch == nil || id != ch.id {
-		return nil, nil // a mark of a chunk an earlier session read
+		return nil, nil, 0 // a mark of a chunk an earlier session read
 	}
 	if which == "low" {
 		ch.lowSeen = true
-		return nil, nil
+		return nil, nil, 0
 	}
 	sn.cur = nil
 	t := ch.table
 	if ch.touched {
 		sn.log.Info("snapshot chunk changed while read; reading it again", "table", t.name)
-		return nil, nil
+		return nil, nil, 0
 	}
 	out := &pgcourier.Transaction{CommitLSN: commit.CommitLSN, CommitTime: commit.CommitTime}
 	for i, row := range ch.rows {
@@ -389,5 +432,5 @@ func (sn *snapshotter) marker(m string, commit pgcourier.Transaction) (tx *pgcou
 		rate := float64(t.rowsDone) / time.Since(sn.started).Seconds()
 		sn.log.Info("snapshot progress", "table", t.name, "rows_done", t.rowsDone, "rows_estimate", t.estimate, "rows_per_s", int64(rate))
 	}
-	return out, p
+	return out, p, ch.bytes
 }

@@ -4,12 +4,9 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"os/exec"
 	"sort"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -247,15 +244,6 @@ func TestSnapshotKill9(t *testing.T) {
 	c.Exec(t, markerTable)
 	prepare(t, c, allPublic)
 
-	start := func() *exec.Cmd {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childEnv+"="+c.URL(), chunkEnv+"=200")
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return cmd
-	}
 	var next atomic.Int64
 	next.Store(150000)
 	stop := make(chan struct{})
@@ -265,7 +253,7 @@ func TestSnapshotKill9(t *testing.T) {
 	go func() { errc <- churn(context.Background(), c.URL(), stop, &next, time.Millisecond) }()
 
 	conn := c.Connect(t)
-	child := start()
+	child := startChild(t, childEnv+"="+c.URL(), chunkEnv+"=200")
 	kills := 0
 	for {
 		time.Sleep(time.Duration(100+rand.IntN(300)) * time.Millisecond)
@@ -276,19 +264,15 @@ func TestSnapshotKill9(t *testing.T) {
 		if pending == 0 {
 			break
 		}
-		child.Process.Kill()
-		child.Wait()
+		if err := child.restart(true); err != nil {
+			t.Fatal(err)
+		}
 		kills++
-		child = start()
 	}
 	close(stop)
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		child.Process.Signal(syscall.SIGTERM)
-		child.Wait()
-	})
 	waitCaughtUp(t, c, conn)
 	t.Logf("%d kills during the snapshot", kills)
 	if kills < 2 {

@@ -99,6 +99,10 @@ func Version(ctx context.Context, conn *pgx.Conn) (int, error) {
 	return v, nil
 }
 
+// ErrForeignSchema means the database's migration history is not this
+// build's: it was migrated by a build with other migrations.
+var ErrForeignSchema = errors.New("database schema history differs from this pgcourier's")
+
 // ErrNewerSchema means the database was migrated by a newer pgcourier than
 // this one.
 var ErrNewerSchema = errors.New("database schema is newer than this pgcourier")
@@ -130,12 +134,27 @@ func Migrate(ctx context.Context, conn *pgx.Conn) ([]Migration, error) {
 		)`); err != nil {
 		return nil, fmt.Errorf("migrate: create schema: %w", err)
 	}
-	var current int
-	if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM pgcourier.schema_migrations`).Scan(&current); err != nil {
+	rows, err := tx.Query(ctx, `SELECT version, name FROM pgcourier.schema_migrations ORDER BY version`)
+	if err != nil {
 		return nil, fmt.Errorf("migrate: read version: %w", err)
 	}
-	if current > len(ms) {
-		return nil, fmt.Errorf("%w (database at version %d, this build knows %d): upgrade pgcourier", ErrNewerSchema, current, len(ms))
+	recorded, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Migration, error) {
+		var m Migration
+		err := r.Scan(&m.Version, &m.Name)
+		return m, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("migrate: read version: %w", err)
+	}
+	current := len(recorded)
+	if current > 0 && recorded[current-1].Version > len(ms) {
+		return nil, fmt.Errorf("%w (database at version %d, this build knows %d): upgrade pgcourier", ErrNewerSchema, recorded[current-1].Version, len(ms))
+	}
+	for i, r := range recorded {
+		// The database must have applied exactly this build's migrations so far.
+		if r.Version != i+1 || r.Name != ms[i].Name {
+			return nil, fmt.Errorf("%w: database recorded migration %d as %q, this build has %q there", ErrForeignSchema, r.Version, r.Name, ms[i].Name)
+		}
 	}
 	applied := ms[current:]
 	for _, m := range applied {
