@@ -1,0 +1,256 @@
+package apply
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	pgcourier "github.com/pgcourier/pgcourier"
+	"github.com/pgcourier/pgcourier/internal/pgtest"
+)
+
+// childEnv marks a test binary started by TestApplierKill9 to apply
+// batches in its own process, so that the test can kill it with SIGKILL.
+// Its value is the upstream URL.
+const childEnv = "PGCOURIER_TEST_APPLY_CHILD_DB"
+
+func TestMain(m *testing.M) {
+	if db := os.Getenv(childEnv); db != "" {
+		os.Exit(runChild(db))
+	}
+	os.Exit(m.Run())
+}
+
+// Every crash test applies the same stream: crashBatches batches of
+// crashRows inserts, each updating half of the batch before it and deleting
+// a tenth of the one before that.
+const (
+	crashBatches = 12
+	crashRows    = 4000
+	crashSource  = "laptop-07"
+	eventsTable  = `CREATE TABLE events (id bigint PRIMARY KEY, v bigint NOT NULL, note text)`
+)
+
+var events = relation("events", "id bigint key", "v bigint", "note text")
+
+// crashBatch is batch k of the stream: one transaction per 500 changes.
+func crashBatch(k uint64) *pgcourier.Batch {
+	var chs []pgcourier.Change
+	for i := range uint64(crashRows) {
+		chs = append(chs, ins(events, fmt.Sprint(k*crashRows+i), fmt.Sprint(k), "inserted by batch "+fmt.Sprint(k)))
+	}
+	if k > 1 {
+		for i := range uint64(crashRows / 2) {
+			chs = append(chs, upd(events, fmt.Sprint((k-1)*crashRows+i), fmt.Sprint(-int64(k)), "UNCHANGED"))
+		}
+	}
+	if k > 2 {
+		for i := range uint64(crashRows / 10) {
+			chs = append(chs, del(events, fmt.Sprint((k-2)*crashRows+i), "NULL", "NULL"))
+		}
+	}
+	b := &pgcourier.Batch{Source: crashSource, Epoch: 1, Seq: k}
+	for len(chs) > 0 {
+		n := min(500, len(chs))
+		b.Transactions = append(b.Transactions, txn(at(int(k)*10+len(b.Transactions)), chs[:n]...))
+		chs = chs[n:]
+	}
+	return b
+}
+
+// checkStream fails the test unless the upstream holds exactly what the
+// first n batches make, n being the applied seq it records: every batch
+// wholly applied or not at all.
+func checkStream(t *testing.T, c *pgtest.Cluster) uint64 {
+	t.Helper()
+	// One statement, one snapshot: a killed client's session may still be
+	// committing its last batch.
+	got := query(t, c, `
+		WITH p AS (
+		  SELECT coalesce(max(applied_seq), 0) AS n, coalesce(max(batches), 0) AS batches
+		    FROM pgcourier.source_progress WHERE source = $2)
+		SELECT p.n, p.batches, count(e.id),
+		       count(e.id) FILTER (WHERE e.id / $1 < 1 OR e.id / $1 > p.n
+		                             OR (e.id / $1 <= p.n - 2 AND e.id % $1 < $1 / 10)
+		                             OR e.v <> CASE WHEN e.id / $1 <= p.n - 1 AND e.id % $1 < $1 / 2 THEN -(e.id / $1 + 1) ELSE e.id / $1 END
+		                             OR e.note IS DISTINCT FROM 'inserted by batch ' || (e.id / $1))
+		  FROM p LEFT JOIN events e ON true
+		 GROUP BY p.n, p.batches`, crashRows, crashSource)
+	var n, batches, rows, wrong uint64
+	fmt.Sscanf(got[0], "%d|%d|%d|%d", &n, &batches, &rows, &wrong)
+	if batches != n {
+		t.Errorf("progress counts %d batches applied for seq %d: a batch applied twice or not recorded", batches, n)
+	}
+	wantRows := n*crashRows - uint64(max(int64(n)-2, 0))*crashRows/10
+	if rows != wantRows || wrong != 0 {
+		t.Fatalf("after %d batches: %d rows, %d of them wrong; want %d rows, none wrong", n, rows, wrong, wantRows)
+	}
+	return n
+}
+
+// TestPostgresCrashMidBatch crashes Postgres (every process killed at once)
+// while batches apply, again and again: after each recovery the upstream
+// holds whole batches only, and applying goes on where it stopped.
+func TestPostgresCrashMidBatch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash test")
+	}
+	c := pgtest.Start(t)
+	pgtest.RequireLocal(t, c)
+	migrate(t, c)
+	c.Exec(t, eventsTable)
+	w := newWriter(t, c)
+	ctx := context.Background()
+
+	// Crash at a random moment within the time a batch takes to apply,
+	// measured on the attempts left alone.
+	crashes, rolledBack := 0, 0
+	typical := 100 * time.Millisecond
+	for seq, attempt := uint64(1), 0; seq <= crashBatches; attempt++ {
+		b := crashBatch(seq)
+		crash := attempt%2 == 1 && crashes < 6
+		done := make(chan struct{})
+		var res Result
+		var err error
+		start := time.Now()
+		go func() {
+			defer close(done)
+			res, err = w.Apply(ctx, b)
+		}()
+		if crash {
+			time.Sleep(typical/5 + time.Duration(rand.Int64N(int64(typical*3/5))))
+			if err := c.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			crashes++
+			<-done
+			if err := c.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			<-done
+			if err == nil {
+				typical = time.Since(start)
+			}
+		}
+		n := checkStream(t, c)
+		switch {
+		case err != nil:
+		case res.Status == Applied || res.Status == Duplicate:
+		default:
+			t.Fatalf("Apply(seq %d) = %v (%v)", seq, res.Status, res.Err)
+		}
+		if crash && n < seq {
+			rolledBack++
+		}
+		seq = n + 1
+	}
+	t.Logf("%d crashes, %d of them while a batch was not yet committed", crashes, rolledBack)
+	if rolledBack < 3 {
+		t.Errorf("only %d crashes hit a batch before its commit; the test proves little", rolledBack)
+	}
+	if got := query(t, c, `SELECT count(*) FROM pgcourier.conflicts`); got[0] != "0" {
+		t.Errorf("%s conflicts recorded, want none", got[0])
+	}
+}
+
+// runChild applies the crash stream to db from where it stands, then
+// exits 0.
+func runChild(db string) int {
+	ctx := context.Background()
+	cfg, err := pgx.ParseConfig(db)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	w, err := New(cfg, Options{Node: testNode})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer w.Close()
+	for {
+		p, err := w.Progress(ctx, crashSource)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		if p.AppliedSeq >= crashBatches {
+			return 0
+		}
+		// Duplicate is fine: a killed process's session may still commit
+		// the batch it sent in full, and this one waits for it.
+		res, err := w.Apply(ctx, crashBatch(p.AppliedSeq+1))
+		if err != nil || (res.Status != Applied && res.Status != Duplicate) {
+			fmt.Fprintln(os.Stderr, "apply:", res.Status, res.Err, err)
+			return 1
+		}
+	}
+}
+
+// TestApplierKill9 kills the applying process with SIGKILL at random
+// moments, restarting it each time: after every kill the upstream holds
+// whole batches only, and the stream ends complete.
+func TestApplierKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash test")
+	}
+	c := pgtest.Start(t)
+	migrate(t, c)
+	c.Exec(t, eventsTable)
+
+	start := func() (*exec.Cmd, chan error) {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childEnv+"="+c.URL())
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		return cmd, done
+	}
+	kills, stuck, last := 0, 0, uint64(0)
+	for {
+		cmd, done := start()
+		// Kill at a random moment, later each time a kill found no new
+		// batch; after ten kills let the stream finish.
+		wait := time.Duration(100+rand.IntN(400)+300*stuck) * time.Millisecond
+		if kills >= 10 {
+			wait = 5 * time.Minute
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("applying process failed: %v", err)
+			}
+			n := checkStream(t, c)
+			t.Logf("%d kills", kills)
+			if n != crashBatches {
+				t.Errorf("stream ended at seq %d, want %d", n, crashBatches)
+			}
+			if kills < 3 {
+				t.Errorf("only %d kills; the test proves little", kills)
+			}
+			return
+		case <-time.After(wait):
+			cmd.Process.Signal(syscall.SIGKILL)
+			<-done
+			kills++
+			n := checkStream(t, c)
+			if n == last {
+				stuck++
+			} else {
+				stuck, last = 0, n
+			}
+			t.Logf("kill %d at seq %d", kills, n)
+		}
+	}
+}

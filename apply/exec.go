@@ -1,0 +1,512 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	pgcourier "github.com/pgcourier/pgcourier"
+)
+
+// cleanupTimeout bounds how long a session spends giving back what it
+// holds (lock, transaction, origin) after a failure or a cancel.
+const cleanupTimeout = 10 * time.Second
+
+const (
+	// The source's advisory lock serializes its batches across sessions. It
+	// is a session lock, taken before the transaction and released after
+	// the origin is reset, because only one session at a time may use the
+	// source's replication origin.
+	lockSQL   = `SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtextextended('pgcourier apply ' || $1::text, 0))`
+	unlockSQL = `SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtextextended('pgcourier apply ' || $1::text, 0))`
+
+	beginSQL    = `BEGIN ISOLATION LEVEL READ COMMITTED`
+	deferredSQL = `SET CONSTRAINTS ALL DEFERRED`
+
+	progressSQL = `
+SELECT p.epoch, p.applied_seq,
+       (SELECT e.final_seq FROM pgcourier.source_epochs e WHERE e.source = $1 AND e.epoch = $2),
+       pg_catalog.current_setting('track_commit_timestamp')::bool,
+       pg_catalog.pg_replication_origin_oid($3)
+  FROM (SELECT 1) one
+  LEFT JOIN pgcourier.source_progress p ON p.source = $1`
+
+	// advanceSQL records a batch as applied (or parked): the new progress,
+	// the epoch history, and the end of any block. It fails unless the
+	// progress is still what the batch was checked against.
+	advanceSQL = `
+WITH prev AS (
+  SELECT epoch, applied_seq FROM pgcourier.source_progress WHERE source = $1
+), closed AS (
+  UPDATE pgcourier.source_epochs e SET ended_at = now(), final_seq = prev.applied_seq
+    FROM prev WHERE e.source = $1 AND e.epoch = prev.epoch AND prev.epoch <> $2
+  RETURNING 1
+), opened AS (
+  INSERT INTO pgcourier.source_epochs (source, epoch)
+  SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM prev WHERE prev.epoch = $2)
+  ON CONFLICT (source, epoch) DO NOTHING
+  RETURNING 1
+), unblocked AS (
+  DELETE FROM pgcourier.blocked WHERE source = $1 RETURNING 1
+), up AS (
+  INSERT INTO pgcourier.source_progress AS p
+         (source, epoch, applied_seq, applied_at, last_commit_lsn, last_commit_time, batches, rows, conflicts)
+  VALUES ($1, $2, $3, now(), $4::text::pg_lsn, $5::timestamptz, 1, $6::int8,
+          (SELECT count(*) FROM pgcourier.conflicts c WHERE c.source = $1 AND c.epoch = $2 AND c.seq = $3))
+  ON CONFLICT (source) DO UPDATE SET
+    epoch = excluded.epoch, applied_seq = excluded.applied_seq, applied_at = excluded.applied_at,
+    last_commit_lsn = coalesce(excluded.last_commit_lsn, p.last_commit_lsn),
+    last_commit_time = coalesce(excluded.last_commit_time, p.last_commit_time),
+    batches = p.batches + 1, rows = p.rows + excluded.rows, conflicts = p.conflicts + excluded.conflicts
+  WHERE p.epoch = $7::int8 AND p.applied_seq = $8::int8
+  RETURNING 1
+)
+SELECT pgcourier.apply_check((SELECT count(*) FROM up) = 1, 'the progress of source ' || $1 || ' changed while its batch applied')`
+
+	originSetupSQL = `SELECT pg_catalog.pg_replication_origin_session_setup($1)`
+	xactSetupSQL   = `SELECT pg_catalog.pg_replication_origin_xact_setup($1::text::pg_lsn, $2::timestamptz)`
+	originResetSQL = `SELECT pg_catalog.pg_replication_origin_session_reset()`
+	cleanupSQL     = `SELECT pg_catalog.pg_replication_origin_session_reset() WHERE pg_catalog.pg_replication_origin_session_is_setup()`
+	unlockAllSQL   = `SELECT pg_catalog.pg_advisory_unlock_all()`
+
+	blockSQL = `
+INSERT INTO pgcourier.blocked AS b (source, epoch, seq, sqlstate, table_name, column_name, error, hint)
+VALUES ($1, $2, $3, nullif($4, ''), nullif($5, ''), nullif($6, ''), $7, $8)
+ON CONFLICT (source) DO UPDATE SET
+  first_at = CASE WHEN (b.epoch, b.seq) = (excluded.epoch, excluded.seq) THEN b.first_at ELSE now() END,
+  attempts = CASE WHEN (b.epoch, b.seq) = (excluded.epoch, excluded.seq) THEN b.attempts + 1 ELSE 1 END,
+  epoch = excluded.epoch, seq = excluded.seq, sqlstate = excluded.sqlstate, table_name = excluded.table_name,
+  column_name = excluded.column_name, error = excluded.error, hint = excluded.hint, last_at = now()
+RETURNING attempts`
+	retrySQL = `UPDATE pgcourier.blocked SET retry_at = now() + $2::int8 * interval '1 millisecond' WHERE source = $1`
+)
+
+// settingsSQL sets pgcourier.ValueSettings for the transaction: values are
+// parsed (and stored rows printed) under the settings they were captured
+// under.
+var settingsSQL = func() string {
+	s := pgcourier.ValueSettings()
+	// Statements that apply many rows are planned for their row count and
+	// the table as it is now, never from a plan cached while it was small.
+	s["plan_cache_mode"] = customPlans
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(s)) {
+		parts = append(parts, fmt.Sprintf("pg_catalog.set_config(%s, %s, true)", literal(k), literal(s[k])))
+	}
+	return "SELECT " + strings.Join(parts, ", ")
+}()
+
+// The plan cache modes a batch switches between: custom plans for the
+// statements of many rows, a cached generic plan for those of one row,
+// whose parameters are single values.
+const (
+	customPlans = "force_custom_plan"
+	cachedPlans = "auto"
+)
+
+// session is one connection while it applies a batch.
+type session struct {
+	conn  *pgx.Conn
+	dirty bool // may hold the source's lock, an open transaction or the origin
+}
+
+// cleanup gives back whatever the session holds. It uses the simple
+// protocol: in an aborted transaction the server accepts nothing but its
+// end, not even the statement preparations pgx would send first.
+func (s *session) cleanup(ctx context.Context) error {
+	if !s.dirty {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if _, err := s.conn.PgConn().Exec(ctx, "ROLLBACK; "+cleanupSQL+"; "+unlockAllSQL).ReadAll(); err != nil {
+		return err
+	}
+	s.dirty = false
+	return nil
+}
+
+// release gives the connection back for reuse, or closes it if it may
+// still hold the lock or the origin.
+func (s *session) release(ctx context.Context, p *conns) {
+	if s.dirty && !s.conn.IsClosed() {
+		s.cleanup(ctx) //nolint:errcheck // the connection is closed below if it failed
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	p.release(cctx, s.conn, !s.dirty)
+}
+
+// ensureOrigin creates the source's replication origin unless it is known
+// to exist. Two writers may race to create it: the loser's unique
+// violation means it exists.
+func (w *Writer) ensureOrigin(ctx context.Context, conn *pgx.Conn, name string) error {
+	if _, ok := w.origins.Load(name); ok {
+		return nil
+	}
+	_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_create($1) WHERE pg_catalog.pg_replication_origin_oid($1) IS NULL`, name)
+	var pe *pgconn.PgError
+	if err != nil && !(errors.As(err, &pe) && pe.Code == "23505") {
+		return fmt.Errorf("create replication origin %s: %w", name, err)
+	}
+	w.origins.Store(name, struct{}{})
+	return nil
+}
+
+// progress is a source's position as a batch finds it.
+type progress struct {
+	known   bool
+	epoch   int64
+	applied uint64
+	final   int64 // the last seq applied from the batch's epoch, if a newer one replaced it; -1 if unknown
+}
+
+type verdict int
+
+const (
+	vApply verdict = iota
+	vDuplicate
+	vGap
+	vStale
+)
+
+// decide says what to do with batch (epoch, seq) at progress p, and the
+// last seq applied from the batch's epoch.
+func decide(p progress, epoch int64, seq uint64) (verdict, uint64) {
+	switch {
+	case !p.known || epoch > p.epoch:
+		if seq == 1 {
+			return vApply, 0
+		}
+		return vGap, 0
+	case epoch == p.epoch:
+		switch {
+		case seq <= p.applied:
+			return vDuplicate, p.applied
+		case seq == p.applied+1:
+			return vApply, p.applied
+		}
+		return vGap, p.applied
+	case p.final >= 0 && seq <= uint64(p.final):
+		return vDuplicate, uint64(p.final)
+	}
+	return vStale, uint64(max(p.final, 0))
+}
+
+// started is what the first round trip of a batch learns.
+type started struct {
+	progress
+	tracking bool    // track_commit_timestamp is on
+	origin   *uint32 // the source's replication origin, nil if it vanished
+	tables   map[tableName]*table
+}
+
+// begin takes the source's lock, opens the batch's transaction and reads
+// the source's progress and the catalog of the batch's tables, in one
+// round trip.
+func (s *session) begin(ctx context.Context, source string, epoch int64, origin string, names []tableName) (started, error) {
+	st := started{progress: progress{final: -1}}
+	bt := &pgx.Batch{}
+	bt.Queue(lockSQL, source)
+	bt.Queue(beginSQL)
+	bt.Queue(settingsSQL)
+	bt.Queue(deferredSQL)
+	bt.Queue(progressSQL, source, epoch, origin)
+	if len(names) > 0 {
+		bt.Queue(catalogSQL, catalogArgs(names)...)
+	}
+	s.dirty = true
+	br := s.conn.SendBatch(ctx, bt)
+	defer br.Close()
+	for range 4 {
+		if _, err := br.Exec(); err != nil {
+			return st, err
+		}
+	}
+	var pEpoch, pSeq, final *int64
+	if err := br.QueryRow().Scan(&pEpoch, &pSeq, &final, &st.tracking, &st.origin); err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && (pe.Code == "42P01" || pe.Code == "42883") {
+			return st, fmt.Errorf("read progress: %w (run pgcourier init: the pgcourier schema is missing or older than this build)", err)
+		}
+		return st, fmt.Errorf("read progress: %w", err)
+	}
+	if pEpoch != nil {
+		st.known, st.epoch, st.applied = true, *pEpoch, uint64(*pSeq)
+	}
+	if final != nil {
+		st.final = *final
+	}
+	st.tables = map[tableName]*table{}
+	if len(names) > 0 {
+		rows, err := br.Query()
+		if err != nil {
+			return st, fmt.Errorf("read catalog: %w", err)
+		}
+		if st.tables, err = scanCatalog(rows, names); err != nil {
+			return st, fmt.Errorf("read catalog: %w", err)
+		}
+	}
+	return st, br.Close()
+}
+
+// finish ends a session that applied nothing: rollback and unlock.
+func (s *session) finish(ctx context.Context, source string) error {
+	bt := &pgx.Batch{}
+	bt.Queue("ROLLBACK")
+	bt.Queue(unlockSQL, source)
+	if err := s.conn.SendBatch(ctx, bt).Close(); err != nil {
+		return err
+	}
+	s.dirty = false
+	return nil
+}
+
+// batchTables returns the tables the batch's changes name, in order of
+// first appearance.
+func batchTables(b *pgcourier.Batch) []tableName {
+	seen := map[tableName]bool{}
+	var names []tableName
+	for _, tx := range b.Transactions {
+		for _, ch := range tx.Changes {
+			n := tableName{ch.Rel.Schema, ch.Rel.Name}
+			if !seen[n] {
+				seen[n] = true
+				names = append(names, n)
+			}
+		}
+	}
+	return names
+}
+
+func (w *Writer) apply(ctx context.Context, b *pgcourier.Batch) (Result, error) {
+	origin := pgcourier.OriginName(b.Source)
+	conn, err := w.conns.acquire(ctx)
+	if err != nil {
+		return Result{}, fmt.Errorf("apply: %w", err)
+	}
+	s := &session{conn: conn}
+	defer s.release(ctx, w.conns)
+	if err := w.ensureOrigin(ctx, conn, origin); err != nil {
+		if infrastructure(err) {
+			return Result{}, err
+		}
+		return w.block(ctx, conn, b, blockedFrom(err, nil), b.Seq-1), nil
+	}
+
+	st, err := s.begin(ctx, b.Source, b.Epoch, origin, batchTables(b))
+	if err != nil {
+		return Result{}, fmt.Errorf("apply %s seq %d: %w", b.Source, b.Seq, err)
+	}
+	v, applied := decide(st.progress, b.Epoch, b.Seq)
+	res := Result{AppliedSeq: applied, NextSeq: applied + 1}
+	if v != vApply {
+		if err := s.finish(ctx, b.Source); err != nil {
+			return Result{}, fmt.Errorf("apply %s seq %d: %w", b.Source, b.Seq, err)
+		}
+		switch v {
+		case vDuplicate:
+			res.Status = Duplicate
+		case vGap:
+			res.Status = Gap
+		default:
+			res.Status = Refused
+			res.Err = fmt.Errorf("%w: epoch %d of source %s was replaced by epoch %d after seq %d; seq %d cannot be applied in order: park it (pgcourier park)",
+				ErrStaleEpoch, b.Epoch, b.Source, st.epoch, applied, b.Seq)
+		}
+		return res, nil
+	}
+	if !st.tracking {
+		be := &BlockedError{SQLState: "55000", Message: "track_commit_timestamp is off upstream: last writer wins cannot tell who wrote a row"}
+		be.Hint = hintFor(be, nil)
+		return w.blockAfter(ctx, s, b, be, applied)
+	}
+	if st.origin == nil {
+		// Dropped since this writer created it: create it again next time.
+		w.origins.Delete(origin)
+		s.cleanup(ctx) //nolint:errcheck // release closes the connection if it failed
+		return Result{}, fmt.Errorf("apply %s seq %d: replication origin %s vanished; retry", b.Source, b.Seq, origin)
+	}
+
+	plans := map[*pgcourier.Relation]*relPlan{}
+	for _, tx := range b.Transactions {
+		for _, ch := range tx.Changes {
+			if plans[ch.Rel] != nil {
+				continue
+			}
+			t := st.tables[tableName{ch.Rel.Schema, ch.Rel.Name}]
+			if t == nil {
+				return w.blockAfter(ctx, s, b, missingTable(ch.Rel, ch.Op), applied)
+			}
+			p, err := planRelation(ch.Rel, t, w.policyOf(t.Schema, t.Name))
+			if err != nil {
+				var be *BlockedError
+				errors.As(err, &be)
+				be.Op = ch.Op
+				return w.blockAfter(ctx, s, b, be, applied)
+			}
+			plans[ch.Rel] = p
+		}
+	}
+	runs := planRuns(b, plans)
+	return w.write(ctx, s, b, st, runs)
+}
+
+// queued is a statement of a batch's second round trip.
+type queued struct {
+	run  *run // nil for the bookkeeping around the runs
+	stmt stmt
+}
+
+// write applies the runs, records progress and commits, in one round trip
+// (two when statements must be prepared first).
+func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st started, runs []*run) (Result, error) {
+	var q []queued
+	bt := &pgx.Batch{}
+	add := func(r *run, sm stmt, args ...any) {
+		q = append(q, queued{r, sm})
+		bt.Queue(sm.sql, args...)
+	}
+	origin := pgcourier.OriginName(b.Source)
+	add(nil, stmt{sql: originSetupSQL, exec: true}, origin)
+	var lastLSN *string
+	var lastTime *time.Time
+	if n := len(b.Transactions); n > 0 {
+		last := b.Transactions[n-1]
+		l := last.CommitLSN.String()
+		lastLSN, lastTime = &l, &last.CommitTime
+		add(nil, stmt{sql: xactSetupSQL, exec: true}, l, last.CommitTime)
+	}
+	mode := customPlans
+	for _, r := range runs {
+		stmts := w.statements(r)
+		if r.kind == runTruncate && w.truncate[b.Source] {
+			stmts = []stmt{truncateApply(r)}
+		}
+		want := customPlans
+		if r.single() {
+			want = cachedPlans
+		}
+		if want != mode {
+			mode = want
+			add(nil, stmt{sql: "SET LOCAL plan_cache_mode = " + mode, exec: true})
+		}
+		for _, sm := range stmts {
+			add(r, sm, w.args(r, sm, b, *st.origin)...)
+		}
+	}
+	prevEpoch, prevSeq := any(nil), any(nil)
+	if st.known {
+		prevEpoch, prevSeq = st.epoch, int64(st.applied)
+	}
+	add(nil, stmt{sql: advanceSQL, exec: true}, b.Source, b.Epoch, int64(b.Seq), lastLSN, lastTime, int64(b.Rows()), prevEpoch, prevSeq)
+	add(nil, stmt{sql: "COMMIT", exec: true})
+	committed := len(q) - 1
+	add(nil, stmt{sql: originResetSQL, exec: true})
+	add(nil, stmt{sql: unlockSQL, exec: true}, b.Source)
+
+	res := Result{Status: Applied, AppliedSeq: b.Seq, NextSeq: b.Seq + 1}
+	failed, ferr := -1, error(nil)
+	br := s.conn.SendBatch(ctx, bt)
+	for i, e := range q {
+		var err error
+		if e.stmt.exec {
+			_, err = br.Exec()
+			if err == nil && e.run != nil {
+				res.Changes += len(e.run.items)
+			}
+		} else {
+			var ok bool
+			var applied, conflicts int64
+			err = br.QueryRow().Scan(&ok, &applied, &conflicts)
+			if err == nil && e.run != nil && !e.stmt.lock {
+				res.Changes += int(applied)
+				res.Conflicts += int(conflicts)
+			}
+		}
+		if err != nil {
+			failed, ferr = i, err
+			break
+		}
+	}
+	if err := br.Close(); ferr == nil && err != nil {
+		ferr = err
+	}
+	if ferr == nil {
+		s.dirty = false
+		return res, nil
+	}
+	if failed > committed {
+		// The batch committed; only giving back the origin or the lock
+		// failed. The connection is closed on release if cleaning up
+		// fails too.
+		w.log.Warn("batch applied, but its session could not be reset", "source", b.Source, "seq", b.Seq, "err", ferr)
+		return res, nil
+	}
+
+	var failedRun *run
+	if failed >= 0 {
+		failedRun = q[failed].run
+	}
+	var pre pgx.ErrPreprocessingBatch
+	if errors.As(ferr, &pre) {
+		for _, e := range q {
+			if e.stmt.sql == pre.SQL() {
+				failedRun = e.run
+				break
+			}
+		}
+	}
+	if err := s.cleanup(ctx); err != nil {
+		return Result{}, fmt.Errorf("apply %s seq %d: %w (and after it: %v)", b.Source, b.Seq, ferr, err)
+	}
+	if failed >= 0 && q[failed].stmt.sql == "COMMIT" {
+		failedRun = nil // a deferred constraint: the error names the table
+	}
+	if infrastructure(ferr) {
+		return Result{}, fmt.Errorf("apply %s seq %d: %w", b.Source, b.Seq, ferr)
+	}
+	be := blockedFrom(ferr, failedRun)
+	be.server = true
+	if failedRun != nil && needsDiagnosis(be, ferr) {
+		w.diagnose(ctx, s.conn, failedRun, be)
+	}
+	var pe *pgconn.PgError
+	if be.Column == "" && errors.As(ferr, &pe) && pe.ConstraintName != "" && pe.TableName != "" {
+		be.Column = constraintColumns(ctx, s.conn, pe.SchemaName, pe.TableName, pe.ConstraintName)
+	}
+	return w.block(ctx, s.conn, b, be, b.Seq-1), nil
+}
+
+// blockAfter ends the session's transaction and reports the batch blocked.
+func (w *Writer) blockAfter(ctx context.Context, s *session, b *pgcourier.Batch, be *BlockedError, applied uint64) (Result, error) {
+	if err := s.cleanup(ctx); err != nil {
+		return Result{}, fmt.Errorf("apply %s seq %d: %w", b.Source, b.Seq, err)
+	}
+	return w.block(ctx, s.conn, b, be, applied), nil
+}
+
+// block records the blocked batch in pgcourier.blocked on conn, outside
+// any transaction of the batch, and returns the Blocked result.
+func (w *Writer) block(ctx context.Context, conn *pgx.Conn, b *pgcourier.Batch, be *BlockedError, applied uint64) Result {
+	res := Result{Status: Blocked, Err: be, AppliedSeq: applied, NextSeq: applied + 1, RetryAfter: backoff(1)}
+	q := func(sql string, args ...any) pgx.Row { return conn.QueryRow(ctx, sql, args...) }
+	var attempts int
+	err := q(blockSQL, b.Source, b.Epoch, int64(b.Seq), be.SQLState, be.Table, be.Column, be.Error(), be.Hint).Scan(&attempts)
+	if err == nil {
+		res.RetryAfter = backoff(attempts)
+		var n int
+		err = q(retrySQL+" RETURNING 1", b.Source, res.RetryAfter.Milliseconds()).Scan(&n)
+	}
+	if err != nil {
+		w.log.Warn("could not record a blocked batch", "source", b.Source, "seq", b.Seq, "err", err)
+	}
+	return res
+}

@@ -1,0 +1,264 @@
+package apply
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	pgcourier "github.com/pgcourier/pgcourier"
+)
+
+// maxRunRows bounds the rows one statement applies.
+const maxRunRows = 5000
+
+// relPlan is how the changes made against one incoming relation are applied
+// to its upstream table.
+type relPlan struct {
+	rel    *pgcourier.Relation
+	t      *table
+	shape  string // identifies rel's contents and t's catalog state
+	policy Policy
+
+	written []bool // per incoming column: exists upstream and is not generated
+	match   []int  // incoming columns that find a row: the key's (keyed) or the replica identity's
+	keyed   bool   // match is a usable unique key upstream
+	arbiter bool   // the key's index can arbitrate ON CONFLICT (it is not deferrable)
+	hazard  bool   // another unique index is checked row by row: no grouping of inserts and updates
+}
+
+// planRelation matches rel's columns to t's by name. It returns a
+// *BlockedError for an incoming column that does not exist upstream.
+func planRelation(rel *pgcourier.Relation, t *table, policy Policy) (*relPlan, error) {
+	p := &relPlan{rel: rel, t: t, policy: policy, written: make([]bool, len(rel.Columns))}
+	var sb strings.Builder
+	sb.WriteString(t.fingerprint)
+	sb.WriteString("\x00" + string(policy))
+	inKey := map[string]int{}
+	anyKey := false
+	for _, c := range rel.Columns {
+		anyKey = anyKey || c.Key
+	}
+	for i, c := range rel.Columns {
+		fmt.Fprintf(&sb, "\x00%s\x01%s\x01%t", c.Name, c.Type, c.Key)
+		col, ok := t.column(c.Name)
+		if !ok {
+			return nil, missingColumn(t, c)
+		}
+		p.written[i] = !col.Generated
+		if (c.Key || !anyKey) && !col.Generated {
+			inKey[c.Name] = i
+		}
+	}
+	p.shape = sb.String()
+
+	key := t.chooseKey(func(n string) bool { _, ok := inKey[n]; return ok })
+	if key >= 0 {
+		p.keyed = true
+		p.arbiter = !t.Indexes[key].Deferrable
+		for _, n := range t.Indexes[key].Columns {
+			p.match = append(p.match, inKey[n])
+		}
+	} else {
+		for i, c := range rel.Columns {
+			if _, ok := inKey[c.Name]; ok {
+				p.match = append(p.match, i)
+			}
+		}
+	}
+	p.hazard = t.immediateUnique(key)
+	return p, nil
+}
+
+// item is one change of a run.
+type item struct {
+	pos int32         // the change's index in its batch
+	lsn pgcourier.LSN // its transaction's commit LSN
+	at  time.Time     // and commit time
+	ch  *pgcourier.Change
+}
+
+// runKind says which statement applies a run.
+type runKind int
+
+const (
+	runJudged   runKind = iota // inserts, updates and deletes judged by the last-writer rules
+	runPlain                   // inserts into a table without a key
+	runTruncate                // a TRUNCATE
+)
+
+// run is a sequence of consecutive changes to one table applied by one
+// statement. A run of a table with a key may mix inserts, updates and
+// deletes, each of another row; inserts and updates in it write the same
+// columns.
+type run struct {
+	p         *relPlan
+	kind      runKind
+	op        pgcourier.Op // the first change's operation, for messages
+	hasIU     bool         // holds an insert or an update
+	cols      []int        // incoming columns the inserts and updates write, in relation order
+	unchanged []string     // columns the updates left out as unchanged TOAST values
+	keyChange bool         // an update that moves its row to another key (alone in its run)
+	items     []item
+
+	keys map[string]bool // rows the run touches, while it is being built
+}
+
+// table returns the run's table as schema.name, unquoted, for messages.
+func (r *run) table() string { return r.p.t.Schema + "." + r.p.t.Name }
+
+// single reports whether the run has one change: its statement takes
+// scalar parameters.
+func (r *run) single() bool { return len(r.items) == 1 }
+
+// signature identifies the statement that applies the run.
+func (r *run) signature() string {
+	var sb strings.Builder
+	sb.WriteString(r.p.shape)
+	fmt.Fprintf(&sb, "\x00%d%t%t", r.kind, r.keyChange, r.single())
+	for _, c := range r.cols {
+		sb.WriteString("\x00" + strconv.Itoa(c))
+	}
+	for _, u := range r.unchanged {
+		sb.WriteString("\x01" + u)
+	}
+	return sb.String()
+}
+
+// lookup returns the image whose match columns find the change's row.
+func lookup(ch *pgcourier.Change) []pgcourier.Value {
+	if ch.Op == pgcourier.OpInsert || ch.Old == nil {
+		return ch.New
+	}
+	return ch.Old
+}
+
+// keyString renders the values of cols for comparison.
+func keyString(vs []pgcourier.Value, cols []int) string {
+	var sb strings.Builder
+	for _, c := range cols {
+		v := vs[c]
+		sb.WriteByte(byte(v.Kind))
+		sb.WriteString(strconv.Itoa(len(v.Text)))
+		sb.WriteByte(':')
+		sb.WriteString(v.Text)
+	}
+	return sb.String()
+}
+
+// shaped is what the grouping needs to know of one change.
+type shaped struct {
+	it        item
+	p         *relPlan
+	iu        bool // an insert or an update
+	cols      []int
+	unchanged []string
+	keyChange bool
+	key       string // the row it touches, for a table with a key
+}
+
+func shape(p *relPlan, it item) shaped {
+	ch := it.ch
+	c := shaped{it: it, p: p, iu: ch.Op == pgcourier.OpInsert || ch.Op == pgcourier.OpUpdate}
+	if c.iu {
+		for i, v := range ch.New {
+			switch {
+			case !p.written[i]:
+			case v.Kind == pgcourier.Unchanged:
+				c.unchanged = append(c.unchanged, p.rel.Columns[i].Name)
+			default:
+				c.cols = append(c.cols, i)
+			}
+		}
+	}
+	if ch.Op == pgcourier.OpUpdate && ch.Old != nil {
+		c.keyChange = !p.keyed || keyString(ch.Old, p.match) != keyString(ch.New, p.match)
+	}
+	if p.keyed && ch.Op != pgcourier.OpTruncate {
+		c.key = keyString(lookup(ch), p.match)
+	}
+	return c
+}
+
+// start returns a new run holding c.
+func start(c shaped) *run {
+	r := &run{p: c.p, op: c.it.ch.Op, keys: map[string]bool{}}
+	switch {
+	case c.it.ch.Op == pgcourier.OpTruncate:
+		r.kind = runTruncate
+	case !c.p.keyed && c.it.ch.Op == pgcourier.OpInsert:
+		r.kind = runPlain
+	default:
+		r.kind = runJudged
+	}
+	r.add(c)
+	return r
+}
+
+func (r *run) add(c shaped) {
+	if c.iu && !r.hasIU {
+		r.hasIU, r.cols, r.unchanged = true, c.cols, c.unchanged
+	}
+	r.keyChange = r.keyChange || c.keyChange
+	if c.key != "" {
+		r.keys[c.key] = true
+	}
+	r.items = append(r.items, c.it)
+}
+
+// accepts reports whether c can join the run: applying them together has
+// the effect of applying them one by one in order.
+func (r *run) accepts(c shaped) bool {
+	if c.p.shape != r.p.shape || len(r.items) >= maxRunRows || c.keyChange || r.keyChange {
+		return false
+	}
+	switch r.kind {
+	case runPlain:
+		// Inserts into a table without a key: only another unique
+		// constraint could tell their order.
+		return c.it.ch.Op == pgcourier.OpInsert && !r.p.hazard
+	case runJudged:
+		if !r.p.keyed || c.it.ch.Op == pgcourier.OpTruncate || r.keys[c.key] {
+			// Without a key, one change finds one row of maybe several
+			// alike: alone.
+			return false
+		}
+		if r.p.hazard && (c.iu || r.hasIU) {
+			// Another unique constraint: the order of inserts and
+			// updates matters; deletes only free values.
+			return false
+		}
+		if c.iu && r.hasIU && !(slices.Equal(c.cols, r.cols) && slices.Equal(c.unchanged, r.unchanged)) {
+			return false
+		}
+		return true
+	}
+	return false
+}
+
+// planRuns splits the batch's changes into runs, in order. plans maps each
+// relation to its plan.
+func planRuns(b *pgcourier.Batch, plans map[*pgcourier.Relation]*relPlan) []*run {
+	var runs []*run
+	var cur *run
+	pos := int32(0)
+	for ti := range b.Transactions {
+		tx := &b.Transactions[ti]
+		for ci := range tx.Changes {
+			ch := &tx.Changes[ci]
+			c := shape(plans[ch.Rel], item{pos: pos, lsn: tx.CommitLSN, at: tx.CommitTime, ch: ch})
+			pos++
+			if cur != nil && cur.accepts(c) {
+				cur.add(c)
+				continue
+			}
+			cur = start(c)
+			runs = append(runs, cur)
+		}
+	}
+	for _, r := range runs {
+		r.keys = nil
+	}
+	return runs
+}

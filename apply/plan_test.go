@@ -1,0 +1,135 @@
+package apply
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	pgcourier "github.com/pgcourier/pgcourier"
+)
+
+// testTable describes an upstream table (id, code, note) for planning
+// without a database. indexes is the JSON of its unique indexes.
+func testTable(t *testing.T, name, indexes string) *table {
+	t.Helper()
+	tb, err := newTable("public", name, 1, `[
+		{"name": "id", "type": "pg_catalog.int4", "format": "integer", "notnull": true},
+		{"name": "code", "type": "pg_catalog.text", "format": "text"},
+		{"name": "note", "type": "pg_catalog.text", "format": "text"}]`, indexes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tb
+}
+
+// TestPlanRuns checks which consecutive changes are applied together.
+// Each run is shown as its operations, such as "IUD".
+func TestPlanRuns(t *testing.T) {
+	const pk = `{"columns": ["id"], "primary": true, "unique": true}`
+	keyed := relation("t", "id integer key", "code text", "note text")
+	same := relation("t", "id integer key", "code text", "note text") // equal contents, another pointer
+	full := relation("t", "id integer key", "code text key", "note text key")
+	tests := []struct {
+		name    string
+		indexes string
+		rel     *pgcourier.Relation
+		changes []pgcourier.Change
+		want    []string
+	}{{
+		name:    "inserts, updates and deletes of different rows go together",
+		indexes: "[" + pk + "]",
+		rel:     keyed,
+		changes: []pgcourier.Change{ins(keyed, "1", "a", "x"), upd(keyed, "2", "b", "y"), del(keyed, "3", "NULL", "NULL"), ins(same, "4", "d", "z")},
+		want:    []string{"IUDI"},
+	}, {
+		name:    "a row touched again starts a new run",
+		indexes: "[" + pk + "]",
+		rel:     keyed,
+		changes: []pgcourier.Change{ins(keyed, "1", "a", "x"), ins(keyed, "2", "b", "y"), upd(keyed, "1", "c", "z"), del(keyed, "2", "NULL", "NULL")},
+		want:    []string{"II", "UD"},
+	}, {
+		name:    "updates writing other columns go apart",
+		indexes: "[" + pk + "]",
+		rel:     keyed,
+		changes: []pgcourier.Change{upd(keyed, "1", "a", "x"), upd(keyed, "2", "b", "UNCHANGED"), upd(keyed, "3", "c", "UNCHANGED"), del(keyed, "4", "NULL", "NULL")},
+		want:    []string{"U", "UUD"},
+	}, {
+		name:    "a key change goes alone",
+		indexes: "[" + pk + "]",
+		rel:     keyed,
+		changes: []pgcourier.Change{ins(keyed, "1", "a", "x"), updOld(keyed, []string{"5", "a", "x"}, []string{"2", "NULL", "NULL"}), ins(keyed, "3", "c", "z")},
+		want:    []string{"I", "U", "I"},
+	}, {
+		name:    "another unique constraint: inserts and updates one by one, deletes together",
+		indexes: "[" + pk + `, {"columns": ["code"], "unique": true}]`,
+		rel:     keyed,
+		changes: []pgcourier.Change{ins(keyed, "1", "a", "x"), ins(keyed, "2", "b", "y"), del(keyed, "3", "NULL", "NULL"), del(keyed, "4", "NULL", "NULL"), upd(keyed, "5", "c", "z")},
+		want:    []string{"I", "I", "DD", "U"},
+	}, {
+		name:    "a deferrable unique constraint is checked at commit: no reason to split",
+		indexes: "[" + pk + `, {"columns": ["code"], "unique": true, "deferrable": true}]`,
+		rel:     keyed,
+		changes: []pgcourier.Change{ins(keyed, "1", "a", "x"), ins(keyed, "2", "b", "y")},
+		want:    []string{"II"},
+	}, {
+		name:    "no key upstream: inserts together, updates and deletes one by one",
+		indexes: "[]",
+		rel:     full,
+		changes: []pgcourier.Change{ins(full, "1", "a", "x"), ins(full, "1", "a", "x"), del(full, "1", "a", "x"), del(full, "1", "a", "x"), updOld(full, []string{"1", "b", "x"}, []string{"1", "a", "x"})},
+		want:    []string{"II", "D", "D", "U"},
+	}, {
+		name:    "REPLICA IDENTITY FULL source, primary key upstream: found by the key",
+		indexes: "[" + pk + "]",
+		rel:     full,
+		changes: []pgcourier.Change{updOld(full, []string{"1", "b", "x"}, []string{"1", "a", "x"}), updOld(full, []string{"2", "b", "x"}, []string{"2", "a", "x"}), del(full, "3", "a", "x")},
+		want:    []string{"UUD"},
+	}, {
+		name:    "a truncate goes alone",
+		indexes: "[" + pk + "]",
+		rel:     keyed,
+		changes: []pgcourier.Change{ins(keyed, "1", "a", "x"), truncate(keyed), ins(keyed, "1", "a", "x")},
+		want:    []string{"I", "T", "I"},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tb := testTable(t, "t", tt.indexes)
+			plans := map[*pgcourier.Relation]*relPlan{}
+			for _, ch := range tt.changes {
+				if plans[ch.Rel] == nil {
+					p, err := planRelation(ch.Rel, tb, LastWriterWins)
+					if err != nil {
+						t.Fatal(err)
+					}
+					plans[ch.Rel] = p
+				}
+			}
+			var txs []pgcourier.Transaction
+			for i, ch := range tt.changes {
+				txs = append(txs, txn(at(i), ch))
+			}
+			var got []string
+			for _, r := range planRuns(batch("laptop-07", 1, txs...), plans) {
+				var ops strings.Builder
+				for _, it := range r.items {
+					ops.WriteByte(byte(it.ch.Op))
+				}
+				got = append(got, ops.String())
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("runs (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestPlanRelationMissingColumn checks that a column the upstream table
+// lacks is named, with the statement that adds it.
+func TestPlanRelationMissingColumn(t *testing.T) {
+	tb := testTable(t, "t", "[]")
+	_, err := planRelation(relation("t", "id integer key", "witness character varying(20)"), tb, LastWriterWins)
+	be, ok := err.(*BlockedError)
+	if !ok || be.Table != "public.t" || be.Column != "witness" || !strings.Contains(be.Hint, `ADD COLUMN "witness" character varying(20)`) {
+		t.Errorf("planRelation = %v, want a BlockedError naming public.t, column witness, with the ALTER TABLE", err)
+	}
+}
