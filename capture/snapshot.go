@@ -54,7 +54,10 @@ type snapTable struct {
 	rowsDone int64
 	estimate int64
 	query    string // the chunk query; $n are the last key's values
-	first    string // the chunk query for the first chunk
+	// originFlag says the chunk query ends with a column telling whether
+	// the row's last writer was local (only those rows are this node's).
+	originFlag bool
+	first      string // the chunk query for the first chunk
 }
 
 // chunk is a snapshot chunk between its watermarks.
@@ -202,27 +205,26 @@ func (sn *snapshotter) describe(ctx context.Context, t *snapTable) error {
 	if partitioned {
 		from = t.name
 	}
-	base := "SELECT " + strings.Join(cols, ", ") + " FROM " + from
 	var tracked string
 	if err := sn.conn.QueryRow(ctx, `SELECT current_setting('track_commit_timestamp')`).Scan(&tracked); err != nil {
 		return fmt.Errorf("snapshot: describe %s: %w", t.name, err)
 	}
-	if tracked == "on" {
+	t.originFlag = tracked == "on"
+	if t.originFlag {
 		// On a node that also applies other sources' batches, rows whose
-		// last writer was the applier are not this node's to send.
-		base += " WHERE coalesce((pg_xact_commit_timestamp_origin(xmin)).roident, 0) = 0"
+		// last writer was the applier are not this node's to send. A flag
+		// column rather than a filter keeps the key-order index scan and
+		// the chunk boundaries.
+		cols = append(cols, "coalesce((pg_xact_commit_timestamp_origin(xmin)).roident, 0) = 0")
 	}
+	base := "SELECT " + strings.Join(cols, ", ") + " FROM " + from
 	if len(t.keyCols) == 0 {
 		t.first, t.query = base, base
 		return nil
 	}
 	order := " ORDER BY " + strings.Join(keys, ", ") + fmt.Sprintf(" LIMIT %d", sn.chunkRows)
 	t.first = base + order
-	cond := " WHERE "
-	if tracked == "on" {
-		cond = " AND "
-	}
-	t.query = base + cond + "(" + strings.Join(keys, ", ") + ") > (" + strings.Join(params, ", ") + ")" + order
+	t.query = base + " WHERE (" + strings.Join(keys, ", ") + ") > (" + strings.Join(params, ", ") + ")" + order
 	return nil
 }
 
@@ -256,24 +258,36 @@ func (sn *snapshotter) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("snapshot: read %s: %w", t.name, err)
 	}
-	size := 0
+	size, read := 0, 0
 	full := false
+	var last []pgcourier.Value
 	for rows.Next() {
 		raw := rows.RawValues()
+		read++
+		local := true
+		if t.originFlag {
+			local = string(raw[len(raw)-1]) == "t"
+			raw = raw[:len(raw)-1]
+		}
 		row := make([]pgcourier.Value, len(raw))
 		for i, v := range raw {
 			if v == nil {
 				row[i] = pgcourier.Value{Kind: pgcourier.Null}
 			} else {
 				row[i] = pgcourier.TextValue(string(v))
-				size += len(v)
 			}
 		}
-		if len(t.keyCols) > 0 {
-			ch.byKey[rowKey(row, t.keyCols)] = len(ch.rows)
+		last = row
+		if local {
+			for _, v := range raw {
+				size += len(v)
+			}
+			if len(t.keyCols) > 0 {
+				ch.byKey[rowKey(row, t.keyCols)] = len(ch.rows)
+			}
+			ch.rows = append(ch.rows, row)
 		}
-		ch.rows = append(ch.rows, row)
-		if len(t.keyCols) > 0 && (len(ch.rows) >= sn.chunkRows || size >= snapshotChunkBytes) {
+		if len(t.keyCols) > 0 && (read >= sn.chunkRows || size >= snapshotChunkBytes) {
 			full = true
 			break
 		}
@@ -284,9 +298,9 @@ func (sn *snapshotter) start(ctx context.Context) error {
 	}
 	ch.last = !full
 	ch.bytes = size
-	if n := len(ch.rows); n > 0 && len(t.keyCols) > 0 {
+	if last != nil && len(t.keyCols) > 0 {
 		for _, k := range t.keyCols {
-			ch.lastKey = append(ch.lastKey, ch.rows[n-1][k].Text)
+			ch.lastKey = append(ch.lastKey, last[k].Text)
 		}
 	}
 	if err := sn.mark(ctx, "high", ch.id); err != nil {

@@ -306,3 +306,49 @@ func TestSnapshotNewTable(t *testing.T) {
 		t.Errorf("replaying the outbox gives %d rows, the table holds %d:\n%s", len(got), len(want), firstDiff(got, want))
 	}
 }
+
+// TestSnapshotSkipsRelayedRows checks that on a node that also applies
+// other sources' batches, the snapshot copies only the rows written there.
+func TestSnapshotSkipsRelayedRows(t *testing.T) {
+	ctx := context.Background()
+	c := pgtest.Start(t)
+	c.Exec(t, `CREATE TABLE visit (id bigint PRIMARY KEY, v text)`)
+	c.Exec(t, markerTable)
+	c.Exec(t, `INSERT INTO visit SELECT g, 'local' FROM generate_series(1, 50) g`)
+	c.Exec(t, `SELECT pg_replication_origin_create('pgcourier:laptop-08')`)
+	conn := c.Connect(t)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`SELECT pg_replication_origin_session_setup('pgcourier:laptop-08')`,
+		`INSERT INTO visit SELECT g, 'relayed' FROM generate_series(51, 100) g`,
+	} {
+		if _, err := tx.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_replication_origin_session_reset()`); err != nil {
+		t.Fatal(err)
+	}
+	prepare(t, c, allPublic)
+	opts := testOptions(c, allPublic)
+	opts.SnapshotChunkRows = 30
+	runCapture(t, opts)
+	snapshotDone(t, conn)
+	waitCaughtUp(t, c, conn)
+
+	rows := replay(t, conn, "visit")
+	for _, r := range rows {
+		if !strings.HasSuffix(r, "v=local") {
+			t.Errorf("snapshot captured %q, a row another source wrote", r)
+		}
+	}
+	if len(rows) != 50 {
+		t.Errorf("snapshot captured %d rows, want the 50 written locally", len(rows))
+	}
+}
