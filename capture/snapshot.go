@@ -62,17 +62,16 @@ type snapTable struct {
 
 // chunk is a snapshot chunk between its watermarks.
 type chunk struct {
-	id       string
-	table    *snapTable
-	lowSeen  bool
-	rows     [][]pgcourier.Value
-	byKey    map[string]int // key → index in rows
-	dropped  map[int]bool   // rows whose key changed between the marks
-	touched  bool           // a keyless table changed between the marks
-	last     bool           // the table has no rows after this chunk
-	bytes    int            // size of the rows' values
-	lastKey  []string
-	finished time.Time
+	id      string
+	table   *snapTable
+	lowSeen bool
+	rows    [][]pgcourier.Value
+	byKey   map[string]int // key → index in rows
+	dropped map[int]bool   // rows whose key changed between the marks
+	touched bool           // a keyless table changed between the marks
+	last    bool           // the table has no rows after this chunk
+	bytes   int            // size of the rows' values
+	lastKey []string
 }
 
 // snapProgress is a chunk's progress, recorded with the batch that holds it.
