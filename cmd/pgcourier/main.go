@@ -47,6 +47,7 @@ func commands() []command {
 	return []command{
 		{"init", "create the pgcourier schema in the node's database (idempotent)", runInit},
 		{"doctor", "check the node's database and print the fix for every problem", runDoctor},
+		{"conflicts", "list the changes the applier kept instead of applying", runConflicts},
 		{"token", "print a new token for a node and the lines its upstream needs", runToken},
 		{"version", "print the version", runVersion},
 	}
@@ -78,7 +79,7 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Commands:")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, `Run "pgcourier COMMAND -h" for a command's flags.`)

@@ -170,3 +170,27 @@ func TestDoctor(t *testing.T) {
 		}
 	})
 }
+
+func TestConflicts(t *testing.T) {
+	c := pgtest.Start(t)
+	cfg := clientConfig(t, c.URL())
+	if code, _, stderr := runCmd(t, "init", "-c", cfg); code != exitOK {
+		t.Fatalf("init = %d: %s", code, stderr)
+	}
+	code, stdout, stderr := runCmd(t, "conflicts", "-c", cfg)
+	if code != exitOK || stdout != "laptop-07: no open conflicts\n" {
+		t.Errorf("conflicts on an empty table = %d, %q, %q; want 0 and no open conflicts", code, stdout, stderr)
+	}
+	c.Exec(t, `INSERT INTO pgcourier.conflicts (source, epoch, seq, op, rule, table_schema, table_name, incoming, stored, stored_source, detail)
+		VALUES ('laptop-08', 1, 7, 'insert', 'key_collision', 'public', 'subject', '{"id": "5"}', '{"id": "5"}', 'laptop-09', 'two laptops made the same id')`)
+	code, stdout, _ = runCmd(t, "conflicts", "-c", cfg)
+	for _, want := range []string{"laptop-08 seq 7  insert public.subject  key_collision  [open]", `incoming: {"id": "5"}`, "by laptop-09"} {
+		if code != exitOK || !strings.Contains(stdout, want) {
+			t.Errorf("conflicts = %d, output:\n%s\nwant it to contain %q", code, stdout, want)
+		}
+	}
+	code, stdout, _ = runCmd(t, "conflicts", "-c", cfg, "--json")
+	if code != exitOK || !strings.Contains(stdout, `"rule": "key_collision"`) || !strings.HasPrefix(stdout, "[") {
+		t.Errorf("conflicts --json = %d, %s; want a JSON array with the conflict", code, stdout)
+	}
+}
