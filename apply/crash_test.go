@@ -109,36 +109,44 @@ func TestPostgresCrashMidBatch(t *testing.T) {
 	w := newWriter(t, c)
 	ctx := context.Background()
 
-	// Crash at a random moment within the time a batch takes to apply,
-	// measured on the attempts left alone.
+	// Every other attempt crashes Postgres while the batch is provably in
+	// the middle of its transaction: another session holds a lock the
+	// batch's writes wait for, and the crash comes once the applier waits.
 	crashes, rolledBack := 0, 0
-	typical := 100 * time.Millisecond
 	for seq, attempt := uint64(1), 0; seq <= crashBatches; attempt++ {
 		b := crashBatch(seq)
 		crash := attempt%2 == 1 && crashes < 6
+		var locker *pgx.Conn
+		if crash {
+			var err error
+			if locker, err = pgx.Connect(ctx, c.URL()); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := locker.Exec(ctx, `BEGIN; LOCK TABLE events IN SHARE MODE`); err != nil {
+				t.Fatal(err)
+			}
+		}
 		done := make(chan struct{})
 		var res Result
 		var err error
-		start := time.Now()
 		go func() {
 			defer close(done)
 			res, err = w.Apply(ctx, b)
 		}()
 		if crash {
-			time.Sleep(typical/5 + time.Duration(rand.Int64N(int64(typical*3/5))))
+			waitForLockWait(t, c, locker)
+			time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond)
 			if err := c.Kill(); err != nil {
 				t.Fatal(err)
 			}
 			crashes++
 			<-done
+			locker.Close(ctx) //nolint:errcheck // its server is gone
 			if err := c.Start(ctx); err != nil {
 				t.Fatal(err)
 			}
 		} else {
 			<-done
-			if err == nil {
-				typical = time.Since(start)
-			}
 		}
 		n := checkStream(t, c)
 		switch {
@@ -153,11 +161,33 @@ func TestPostgresCrashMidBatch(t *testing.T) {
 		seq = n + 1
 	}
 	t.Logf("%d crashes, %d of them while a batch was not yet committed", crashes, rolledBack)
-	if rolledBack < 3 {
-		t.Errorf("only %d crashes hit a batch before its commit; the test proves little", rolledBack)
+	if crashes < 3 || rolledBack != crashes {
+		t.Errorf("%d crashes mid-batch, %d batches rolled back; want at least 3, every one rolled back", crashes, rolledBack)
 	}
 	if got := query(t, c, `SELECT count(*) FROM pgcourier.conflicts`); got[0] != "0" {
 		t.Errorf("%s conflicts recorded, want none", got[0])
+	}
+}
+
+// waitForLockWait waits until a session other than locker's waits for a
+// lock: the applier, inside its batch's transaction.
+func waitForLockWait(t *testing.T, c *pgtest.Cluster, locker *pgx.Conn) {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var waiting int
+		err := locker.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()`).Scan(&waiting)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the batch never waited for the held lock")
+		}
+		time.Sleep(2 * time.Millisecond)
 	}
 }
 
