@@ -11,12 +11,21 @@ import (
 	"time"
 )
 
+// TestMain runs the capture contender's child process when the harness
+// started this test binary as one (os.Executable is the test binary here).
+func TestMain(m *testing.M) {
+	if cfg, ok := os.LookupEnv(captureChildEnv); ok {
+		os.Exit(runCaptureChild(cfg))
+	}
+	os.Exit(m.Run())
+}
+
 // TestQuick runs the whole harness in -quick mode against real clusters,
 // every workload and every contender, so that it keeps working between
 // full runs.
 func TestQuick(t *testing.T) {
 	if testing.Short() {
-		t.Skip("starts 36 Postgres clusters")
+		t.Skip("starts 48 Postgres clusters")
 	}
 	if os.Getenv("PGCOURIER_TEST_DATABASES") != "" {
 		t.Skip("the benchmark needs local clusters; PGCOURIER_TEST_DATABASES is set")
@@ -61,7 +70,7 @@ func TestQuick(t *testing.T) {
 	}
 
 	for _, w := range workloads {
-		for _, c := range []string{"native", "decode", "copy"} {
+		for _, c := range []string{"native", "decode", "capture", "copy"} {
 			res, ok := find(rep.Results, w.id, c)
 			if !ok {
 				t.Errorf("no result for %s %s", w.id, c)
@@ -85,8 +94,18 @@ func TestQuick(t *testing.T) {
 			if gotLag := res.LagP50Ms != nil && res.LagP99Ms != nil; gotLag != wantLag {
 				t.Errorf("%s %s: lag p50 %v p99 %v, want lag figures: %v", w.id, c, res.LagP50Ms, res.LagP99Ms, wantLag)
 			}
-			if wantRSS := c == "decode"; (len(res.PeakRSS) > 0) != wantRSS {
+			if wantRSS := c == "decode" || c == "capture"; (len(res.PeakRSS) > 0) != wantRSS {
 				t.Errorf("%s %s: peak RSS %v, want figures: %v", w.id, c, res.PeakRSS, wantRSS)
+			}
+			if c == "capture" {
+				if res.PeakRSS["pgcourier capture"] <= 0 {
+					t.Errorf("%s capture: peak RSS %v, want the capture process's", w.id, res.PeakRSS)
+				}
+				for _, p := range []string{"pgcourier capture", "walsender", "backend"} {
+					if _, ok := res.CPUSecondsBy[p]; !ok {
+						t.Errorf("%s capture: CPU by process %v, want a figure for %s", w.id, res.CPUSecondsBy, p)
+					}
+				}
 			}
 			if c != "copy" && res.Rows != res.Changes {
 				t.Errorf("%s %s: %d rows carried, %d changes committed", w.id, c, res.Rows, res.Changes)
@@ -120,9 +139,9 @@ func TestParseFlags(t *testing.T) {
 		parallel             int
 		workloads, contender string
 	}{
-		{nil, "docs", 1, "W1,W2,W3,W4,W5,W6", "native,decode,copy"},
-		{[]string{"-quick"}, "", 3, "W1,W2,W3,W4,W5,W6", "native,decode,copy"},
-		{[]string{"-quick", "-out", "x", "-parallel", "1"}, "x", 1, "W1,W2,W3,W4,W5,W6", "native,decode,copy"},
+		{nil, "docs", 1, "W1,W2,W3,W4,W5,W6", "native,decode,capture,copy"},
+		{[]string{"-quick"}, "", 3, "W1,W2,W3,W4,W5,W6", "native,decode,capture,copy"},
+		{[]string{"-quick", "-out", "x", "-parallel", "1"}, "x", 1, "W1,W2,W3,W4,W5,W6", "native,decode,capture,copy"},
 		{[]string{"-workloads", "w3, W1", "-contenders", "copy,native"}, "docs", 1, "W1,W3", "native,copy"},
 	} {
 		o, err := parseFlags(tc.args)

@@ -92,8 +92,8 @@ type contenderEntry struct {
 }
 
 // contenders lists every contender in report order; native comes first as
-// every ratio is taken against it. pgcourier's routes are added here as the
-// capture, apply and ship work lands.
+// every ratio is taken against it. pgcourier's capture is here; its routes
+// are added as the apply and ship work lands.
 var contenders = []contenderEntry{
 	{
 		name:  "native",
@@ -105,6 +105,14 @@ var contenders = []contenderEntry{
 		about: "pg_recvlogical draining the same publication through pgoutput (proto_version 1) into the harness, which parses every message: " +
 			"the decoding ceiling, with nothing applied.",
 		make: func() contender { return &decode{} },
+	},
+	{
+		name: "capture",
+		about: "pgcourier's capture, in a process of its own with default options: the slot streamed through pgoutput into whole " +
+			"transactions and zstd-compressed batches appended to pgcourier.outbox in the source database, nothing applied upstream yet; " +
+			"compare it with decode. Its wire bytes are the outbox payload bytes, what will cross the wire later. It holds each " +
+			"transaction whole in memory until its commit, so W6's peak RSS grows with its one transaction (bounding it is future work).",
+		make: func() contender { return &outboxCapture{} },
 	},
 	{
 		name: "copy",
@@ -123,6 +131,9 @@ type env struct {
 	srcURL, dstURL string   // the benchmark database (dbName) on each cluster
 	tables         []string // the tables the workload writes, parents first
 	dir            string   // scratch directory, removed after the scenario
+	// cpuProfile, when set, is the file a contender that runs pgcourier
+	// writes a CPU profile of that process to.
+	cpuProfile string
 }
 
 // conninfo returns a libpq key/value connection string for the benchmark

@@ -6,7 +6,7 @@
 //
 // Usage, from the module root:
 //
-//	go run ./bench [-quick] [-workloads W1,W3] [-contenders native,copy] [-out DIR]
+//	go run ./bench [-quick] [-workloads W1,W3] [-contenders native,copy] [-out DIR] [-cpuprofile DIR]
 //
 // It prints a Markdown table on stdout and progress on stderr. A full run
 // writes benchmarks.md and benchmarks.json into -out (docs by default); a
@@ -37,10 +37,14 @@ type options struct {
 	contenders []string // names, in report order; all when empty
 	out        string   // directory for benchmarks.md and .json; "" writes nothing
 	parallel   int      // scenarios run at once
+	cpuprofile string   // directory for CPU profiles of pgcourier's processes; "" writes none
 	args       []string // the command line, for the report
 }
 
 func main() {
+	if cfg, ok := os.LookupEnv(captureChildEnv); ok {
+		os.Exit(runCaptureChild(cfg))
+	}
 	opts, err := parseFlags(os.Args[1:])
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -66,6 +70,7 @@ func parseFlags(args []string) (options, error) {
 	cl := fs.String("contenders", "", "comma-separated contenders to run, e.g. native,copy (default all)")
 	out := fs.String("out", "docs", "directory to write benchmarks.md and benchmarks.json into")
 	parallel := fs.Int("parallel", 1, "scenarios to run at once; more than 1 skews the figures (default 3 with -quick)")
+	cpuprofile := fs.String("cpuprofile", "", "directory to write a CPU profile of pgcourier's process in each scenario into, as WORKLOAD-CONTENDER.pprof")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: go run ./bench [flags]\n\nworkloads:\n")
 		for _, w := range workloads {
@@ -84,7 +89,7 @@ func parseFlags(args []string) (options, error) {
 	if fs.NArg() > 0 {
 		return options{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	o := options{quick: *quick, out: *out, parallel: *parallel, args: args}
+	o := options{quick: *quick, out: *out, parallel: *parallel, cpuprofile: *cpuprofile, args: args}
 	if *quick {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -156,6 +161,11 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 	if opts.quick {
 		sz = quickSizes
 	}
+	if opts.cpuprofile != "" {
+		if err := os.MkdirAll(opts.cpuprofile, 0o755); err != nil {
+			return err
+		}
+	}
 	type job struct {
 		w  *workload
 		ce contenderEntry
@@ -183,7 +193,7 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 		wg.Go(func() {
 			defer func() { <-slots }()
 			log.printf("%s %s: %s, %s rows", j.w.id, j.ce.name, j.w.title, commas(float64(sz.rows[j.w.id])))
-			res, err := runScenario(ctx, j.w, j.ce, sz, log)
+			res, err := runScenario(ctx, j.w, j.ce, sz, opts.cpuprofile, log)
 			if err != nil {
 				res.Error = err.Error()
 				mu.Lock()

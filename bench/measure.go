@@ -64,6 +64,8 @@ type usage struct {
 	// cpu is the CPU time (user + system) of every process doing the
 	// contender's work, Postgres backends included.
 	cpu time.Duration
+	// cpuBy splits cpu by process label (walsender, apply worker, …).
+	cpuBy map[string]time.Duration
 	// peak holds the peak resident set size (VmHWM) in bytes of each of the
 	// contender's own processes, by label. It is empty when all the work
 	// happens inside Postgres backends.
@@ -114,7 +116,7 @@ func (m *meter) addConn(serverPort, clientPort int) {
 func (m *meter) sample() (usage, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	u := usage{peak: map[string]int64{}}
+	u := usage{peak: map[string]int64{}, cpuBy: map[string]time.Duration{}}
 	for _, q := range m.procs {
 		if st, err := readProcStat(q.pid); err == nil && st.start == q.start {
 			q.cpu = st.cpu
@@ -125,6 +127,7 @@ func (m *meter) sample() (usage, error) {
 			}
 		}
 		u.cpu += q.cpu
+		u.cpuBy[q.label] += q.cpu
 		if q.own {
 			u.peak[q.label] = max(u.peak[q.label], q.peak)
 		}

@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -47,6 +51,9 @@ type result struct {
 	LagP50Ms   *float64 `json:"lag_p50_ms"`
 	LagP99Ms   *float64 `json:"lag_p99_ms"`
 	CPUSeconds float64  `json:"cpu_s"`
+	// CPUSecondsBy splits CPUSeconds by kind of process: walsender, apply
+	// worker, backend, pg_recvlogical, pgcourier capture.
+	CPUSecondsBy map[string]float64 `json:"cpu_s_by_process,omitempty"`
 	// CPUPerMRows is CPU seconds per million rows carried.
 	CPUPerMRows *float64 `json:"cpu_s_per_million_rows"`
 	// PeakRSS is the peak RSS in bytes of each of the contender's own
@@ -68,9 +75,10 @@ type result struct {
 const cleanupTimeout = 30 * time.Second
 
 // runScenario runs workload w against contender ce on fresh clusters and
-// returns its figures. Everything it starts is stopped and removed before it
-// returns, whatever happens.
-func runScenario(ctx context.Context, w *workload, ce contenderEntry, sz sizes, log *progress) (res result, err error) {
+// returns its figures. With profileDir set, a contender that runs pgcourier
+// writes a CPU profile of it there. Everything it starts is stopped and
+// removed before it returns, whatever happens.
+func runScenario(ctx context.Context, w *workload, ce contenderEntry, sz sizes, profileDir string, log *progress) (res result, err error) {
 	res = result{Workload: w.id, Contender: ce.name}
 	src, dst, err := newClusters(ctx, w.id+"-"+ce.name)
 	if err != nil {
@@ -84,6 +92,9 @@ func runScenario(ctx context.Context, w *workload, ce contenderEntry, sz sizes, 
 		return res, err
 	}
 	defer e.close()
+	if profileDir != "" {
+		e.cpuProfile = filepath.Join(profileDir, w.id+"-"+ce.name+".pprof")
+	}
 	if w.seed != nil {
 		if err := seed(ctx, e, w, sz.rows[w.id]); err != nil {
 			return res, err
@@ -247,6 +258,14 @@ func (s *scenario) figures(ctx context.Context, win window, res *result) error {
 	}
 	res.RowsPerS = float64(res.Rows) / res.Seconds
 	res.CPUSeconds = (u1.cpu - win.u0.cpu).Seconds()
+	var split []string
+	for _, k := range slices.Sorted(maps.Keys(u1.cpuBy)) {
+		if res.CPUSecondsBy == nil {
+			res.CPUSecondsBy = map[string]float64{}
+		}
+		res.CPUSecondsBy[k] = (u1.cpuBy[k] - win.u0.cpuBy[k]).Seconds()
+		split = append(split, fmt.Sprintf("%s %.2f", k, res.CPUSecondsBy[k]))
+	}
 	res.CPUPerMRows = ptr(res.CPUSeconds / float64(res.Rows) * 1e6)
 	if len(u1.peak) > 0 {
 		res.PeakRSS = u1.peak
@@ -257,8 +276,9 @@ func (s *scenario) figures(ctx context.Context, win window, res *result) error {
 	if res.SpillBytes, err = slotSpill(ctx, s.e.srcURL); err != nil {
 		return err
 	}
-	s.log.printf("%s %s: %s changes committed at %s rows/s; %s rows arrived in %.2f s: %s rows/s", s.w.id, s.name,
-		commas(float64(win.gen.changes)), commas(res.OfferedRowsPerS), commas(float64(res.Rows)), res.Seconds, commas(res.RowsPerS))
+	s.log.printf("%s %s: %s changes committed at %s rows/s; %s rows arrived in %.2f s: %s rows/s; CPU %.2f s (%s)", s.w.id, s.name,
+		commas(float64(win.gen.changes)), commas(res.OfferedRowsPerS), commas(float64(res.Rows)), res.Seconds, commas(res.RowsPerS),
+		res.CPUSeconds, strings.Join(split, ", "))
 	return nil
 }
 
