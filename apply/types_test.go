@@ -13,57 +13,6 @@ import (
 	"github.com/pgcourier/pgcourier/internal/pgtest"
 )
 
-// typeCases are the types capture carries (capture/types_test.go keeps
-// the same list), each with values at its edges.
-var typeCases = []struct {
-	typ    string
-	values []string // SQL literals
-}{
-	{"smallint", []string{"-32768", "32767", "0"}},
-	{"integer", []string{"-2147483648", "2147483647"}},
-	{"bigint", []string{"-9223372036854775808", "9223372036854775807"}},
-	{"numeric", []string{"'NaN'", "'123456789012345678901234567890.123456789012345678901234567890'", "'-0.000000000000000000001'", "'1e100'"}},
-	{"numeric(10,2)", []string{"'3.14159'", "'-99999999.99'"}},
-	{"real", []string{"'Infinity'", "'-Infinity'", "'NaN'", "'-0'", "'3.4028235e38'", "'1.17549435e-38'"}},
-	{"double precision", []string{"'Infinity'", "'-0'", "'0.1'", "'2.2250738585072014e-308'", "'1.7976931348623157e308'"}},
-	{"text", []string{"''", "'plain'", "E'tab\\tnewline\\nquote''back\\\\slash'", "'Ünïcødé ✓ 漢字 🧪 ﷽'", "'NULL'"}},
-	{"varchar(8)", []string{"'short'"}},
-	{"char(4)", []string{"'ab'"}},
-	{"bytea", []string{"'\\x00ff10'", "''", "decode(repeat('00', 300), 'hex')"}},
-	{"boolean", []string{"true", "false"}},
-	{"date", []string{"'2026-11-25'", "'infinity'", "'-infinity'", "'4713-01-01 BC'"}},
-	{"time", []string{"'23:59:59.999999'", "'00:00'"}},
-	{"timetz", []string{"'12:34:56+05:30'", "'00:00:00-11'"}},
-	{"timestamp", []string{"'2026-11-25 23:17:38.123456'", "'infinity'", "'1999-01-08 04:05:06'"}},
-	{"timestamptz", []string{"'2026-11-25 23:17:38.123456+03'", "'infinity'", "'-infinity'"}},
-	{"interval", []string{"'1 year 2 mons 3 days 04:05:06.789'", "'-1 day'", "'0'"}},
-	{"uuid", []string{"'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'"}},
-	{"json", []string{`'{"b": 1,  "a": [1, 2]}'`, "'null'"}},
-	{"jsonb", []string{`'{"b": 1, "a": [1, 2.50], "ü": "漢"}'`, `'"string"'`}},
-	{"integer[]", []string{"'{1,NULL,3}'", "'{{1,2},{3,4}}'", "'{}'"}},
-	{"text[]", []string{`'{"a b","c,d",NULL,"NULL","\"q\""}'`}},
-	{"inet", []string{"'192.168.0.1/24'", "'::1'"}},
-	{"cidr", []string{"'10.0.0.0/8'", "'2001:db8::/32'"}},
-	{"macaddr", []string{"'08:00:2b:01:02:03'"}},
-	{"mood", []string{"'happy'", "'sad'"}},
-	{"positive_int", []string{"42"}},
-	{"address", []string{"ROW('1 Main St', 'Kisumu')", "ROW(NULL, 'a,b')"}},
-	{"int4range", []string{"'[1,10)'", "'empty'"}},
-	{"tstzrange", []string{"'[2026-01-01,infinity)'"}},
-	{"bit(4)", []string{"B'1010'"}},
-	{"varbit", []string{"B'101'", "B''"}},
-	{"tsvector", []string{"'the quick brown fox'::tsvector"}},
-	{"money", []string{"'12.34'", "'-0.01'"}},
-	{"point", []string{"'(1.5,-2)'"}},
-	{"xml", []string{"'<a href=\"x\">text &amp; more</a>'"}},
-	{"oid", []string{"4294967295"}},
-}
-
-const typesSetup = `
-CREATE TYPE mood AS ENUM ('sad', 'happy');
-CREATE DOMAIN positive_int AS integer CHECK (VALUE > 0);
-CREATE TYPE address AS (street text, town text);`
-
 // textRows reads sql in text form under the value settings and UTC, NULL
 // as nil.
 func textRows(t *testing.T, conn *pgx.Conn, sql string) [][]*string {
@@ -122,10 +71,10 @@ func TestTypesRoundTrip(t *testing.T) {
 	src, dst := cs[0], cs[1]
 	migrate(t, dst)
 	var cols []string
-	for i, tc := range typeCases {
-		cols = append(cols, fmt.Sprintf("c%d %s", i, tc.typ))
+	for i, tc := range pgtest.TypeCases {
+		cols = append(cols, fmt.Sprintf("c%d %s", i, tc.Type))
 	}
-	ddl := typesSetup + `
+	ddl := pgtest.TypeSetup + `
 		CREATE TABLE typed (id int PRIMARY KEY, ` + strings.Join(cols, ", ") + `);
 		CREATE TABLE typed_full (id int, ` + strings.Join(cols, ", ") + `);
 		ALTER TABLE typed_full REPLICA IDENTITY FULL;`
@@ -135,15 +84,15 @@ func TestTypesRoundTrip(t *testing.T) {
 	dst.Exec(t, `ALTER DATABASE postgres SET timezone = 'Asia/Kolkata'`)
 
 	rows := 0
-	for _, tc := range typeCases {
-		rows = max(rows, len(tc.values))
+	for _, tc := range pgtest.TypeCases {
+		rows = max(rows, len(tc.Values))
 	}
 	for r := range rows {
 		names, vs := []string{"id"}, []string{fmt.Sprint(r)}
-		for i, tc := range typeCases {
-			if r < len(tc.values) {
+		for i, tc := range pgtest.TypeCases {
+			if r < len(tc.Values) {
 				names = append(names, fmt.Sprintf("c%d", i))
-				vs = append(vs, tc.values[r])
+				vs = append(vs, tc.Values[r])
 			}
 		}
 		src.Exec(t, fmt.Sprintf(`INSERT INTO typed (%s) VALUES (%s)`, strings.Join(names, ", "), strings.Join(vs, ", ")))
@@ -200,8 +149,8 @@ func TestTypesRoundTrip(t *testing.T) {
 		}
 	}
 	source := printed()
-	if len(source) != rows || len(source[0]) != len(typeCases)+1 {
-		t.Fatalf("source holds %d rows of %d values, want %d rows of %d", len(source), len(source[0]), rows, len(typeCases)+1)
+	if len(source) != rows || len(source[0]) != len(pgtest.TypeCases)+1 {
+		t.Fatalf("source holds %d rows of %d values, want %d rows of %d", len(source), len(source[0]), rows, len(pgtest.TypeCases)+1)
 	}
 
 	w := newWriter(t, dst)

@@ -301,30 +301,11 @@ func TestCaptureFollowsColumnChanges(t *testing.T) {
 func TestCaptureSkipsReplicationOrigin(t *testing.T) {
 	c := pgtest.Start(t)
 	c.Exec(t, `CREATE TABLE subject (id int PRIMARY KEY)`)
-	c.Exec(t, `SELECT pg_replication_origin_create('pgcourier:laptop-08')`)
 	prepare(t, c, allPublic)
 	runCapture(t, testOptions(c, allPublic))
 
-	ctx := context.Background()
 	conn := c.Connect(t)
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, q := range []string{
-		`SELECT pg_replication_origin_session_setup('pgcourier:laptop-08')`,
-		`INSERT INTO subject VALUES (8)`,
-	} {
-		if _, err := tx.Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tx.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, `SELECT pg_replication_origin_session_reset()`); err != nil {
-		t.Fatal(err)
-	}
+	commitAs(t, c, "laptop-08", `INSERT INTO subject VALUES (8)`)
 	c.Exec(t, `INSERT INTO subject VALUES (7)`)
 
 	got := waitChanges(t, conn, 1)
@@ -538,5 +519,31 @@ func TestCapturePartitionsAndIdentities(t *testing.T) {
 	dev := got[4].Rel
 	if !dev.Columns[0].Key || dev.Columns[1].Key {
 		t.Errorf("device columns = %+v, want serial as the key (REPLICA IDENTITY USING INDEX)", dev.Columns)
+	}
+}
+
+// commitAs commits sql in one transaction under the replication origin of
+// source, as pgcourier's applier would when relaying that source's data.
+func commitAs(t *testing.T, c *pgtest.Cluster, source, sql string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, c.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	origin := pgcourier.OriginName(source)
+	if _, err := conn.Exec(ctx, `SELECT pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)`, origin); err != nil {
+		t.Fatal(err)
+	}
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_replication_origin_session_setup($1)`, origin); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, sql)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

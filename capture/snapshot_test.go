@@ -320,31 +320,12 @@ func TestSnapshotNewTable(t *testing.T) {
 // TestSnapshotSkipsRelayedRows checks that on a node that also applies
 // other sources' batches, the snapshot copies only the rows written there.
 func TestSnapshotSkipsRelayedRows(t *testing.T) {
-	ctx := context.Background()
 	c := pgtest.Start(t)
 	c.Exec(t, `CREATE TABLE visit (id bigint PRIMARY KEY, v text)`)
 	c.Exec(t, markerTable)
 	c.Exec(t, `INSERT INTO visit SELECT g, 'local' FROM generate_series(1, 50) g`)
-	c.Exec(t, `SELECT pg_replication_origin_create('pgcourier:laptop-08')`)
 	conn := c.Connect(t)
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, q := range []string{
-		`SELECT pg_replication_origin_session_setup('pgcourier:laptop-08')`,
-		`INSERT INTO visit SELECT g, 'relayed' FROM generate_series(51, 100) g`,
-	} {
-		if _, err := tx.Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tx.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, `SELECT pg_replication_origin_session_reset()`); err != nil {
-		t.Fatal(err)
-	}
+	commitAs(t, c, "laptop-08", `INSERT INTO visit SELECT g, 'relayed' FROM generate_series(51, 100) g`)
 	prepare(t, c, allPublic)
 	opts := testOptions(c, allPublic)
 	opts.SnapshotChunkRows = 30
