@@ -68,6 +68,7 @@ func Run(ctx context.Context, conn *pgx.Conn, opts Options) ([]Check, error) {
 		{opts.Role.Applies(), commitTimestamps},
 		{opts.Role.Applies(), originPrivilege},
 		{opts.Capture, replicaIdentities},
+		{opts.Capture, replicationSlot},
 		{true, schemaVersion},
 	}
 	var checks []Check
@@ -304,6 +305,42 @@ func replicaIdentities(ctx context.Context, conn *pgx.Conn, opts Options) (Check
 	default:
 		c.Detail = fmt.Sprintf("no primary key or replica identity: %s", strings.Join(bad, ", "))
 		c.Fix = "add a primary key (best), or: " + strings.Join(fixes, " ")
+	}
+	return c, nil
+}
+
+// replicationSlot checks the node's slot: that init created it, that
+// Postgres has not invalidated it, and how much WAL it holds back.
+func replicationSlot(ctx context.Context, conn *pgx.Conn, opts Options) (Check, error) {
+	c := Check{Name: "replication slot"}
+	h, err := capture.Health(ctx, conn, opts.Slot)
+	if err != nil {
+		return c, err
+	}
+	switch {
+	case !h.Exists:
+		c.Detail, c.Fix = fmt.Sprintf("%s does not exist", opts.Slot), "pgcourier init -c FILE"
+		if v, err := schema.Version(ctx, conn); err == nil && v >= 2 {
+			var known bool
+			err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pgcourier.capture_state WHERE slot = $1)`, opts.Slot).Scan(&known)
+			if err != nil {
+				return c, fmt.Errorf("read capture state: %w", err)
+			}
+			if known {
+				c.Detail = fmt.Sprintf("%s was dropped after capture began: changes made since cannot be read", opts.Slot)
+				c.Fix = "start a new epoch: see the recovery steps pgcourier prints when capture stops, then pgcourier init -c FILE"
+			}
+		}
+	case h.WALStatus == "lost":
+		c.Detail = fmt.Sprintf("%s was invalidated by Postgres (max_slot_wal_keep_size exceeded)", opts.Slot)
+		c.Fix = "start a new epoch: see the recovery steps pgcourier prints when capture stops, then pgcourier init -c FILE"
+	default:
+		c.OK = true
+		state := "idle"
+		if h.Active {
+			state = "streaming"
+		}
+		c.Detail = fmt.Sprintf("%s %s, %s, holding %d MB of WAL", opts.Slot, state, h.WALStatus, h.RetainedBytes>>20)
 	}
 	return c, nil
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	pgcourier "github.com/pgcourier/pgcourier"
+	"github.com/pgcourier/pgcourier/capture"
 	"github.com/pgcourier/pgcourier/internal/pgtest"
 	"github.com/pgcourier/pgcourier/internal/schema"
 )
@@ -43,7 +44,12 @@ func TestRunHealthyClient(t *testing.T) {
 	if _, err := schema.Migrate(ctx, conn); err != nil {
 		t.Fatal(err)
 	}
-	checks, err := Run(ctx, conn, clientOptions())
+	opts := clientOptions()
+	if _, err := capture.Setup(ctx, conn, capture.SetupOptions{Slot: opts.Slot, Publication: "pgcourier", Tables: opts.Tables}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Exec(t, `SELECT pg_drop_replication_slot($1)`, opts.Slot) })
+	checks, err := Run(ctx, conn, opts)
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -53,7 +59,7 @@ func TestRunHealthyClient(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"server version", "wal_level", "max_replication_slots", "max_wal_senders",
-		"max_slot_wal_keep_size", "replication privilege", "replica identity", "pgcourier schema"} {
+		"max_slot_wal_keep_size", "replication privilege", "replica identity", "replication slot", "pgcourier schema"} {
 		find(t, checks, name)
 	}
 	if Failed(checks) {
@@ -84,6 +90,7 @@ func TestRunFindsProblems(t *testing.T) {
 		"max_slot_wal_keep_size": "ALTER SYSTEM SET max_slot_wal_keep_size = -1;",
 		"replica identity":       `ALTER TABLE public.specimen_2026 REPLICA IDENTITY FULL; ALTER TABLE public.visit REPLICA IDENTITY FULL;`,
 		"pgcourier schema":       "pgcourier init -c FILE",
+		"replication slot":       "pgcourier init -c FILE",
 	}
 	for name, fix := range want {
 		got := find(t, checks, name)
