@@ -60,12 +60,12 @@ func Run(ctx context.Context, conn *pgx.Conn, opts Options) ([]Check, error) {
 	}
 	steps := []step{
 		{true, serverVersion},
-		{opts.Capture, walLevel},
+		{opts.Capture, requireSetting("wal_level", "logical", "capture needs logical")},
 		{opts.Capture, replicationSlots},
 		{opts.Capture, walSenders},
 		{opts.Capture, slotWALKeepSize},
 		{opts.Capture, replicationPrivilege},
-		{opts.Role.Applies(), commitTimestamps},
+		{opts.Role.Applies(), requireSetting("track_commit_timestamp", "on", "last-writer-wins needs each row's commit time")},
 		{opts.Role.Applies(), originPrivilege},
 		{opts.Capture, replicaIdentities},
 		{opts.Capture, replicationSlot},
@@ -111,19 +111,22 @@ func serverVersion(ctx context.Context, conn *pgx.Conn, _ Options) (Check, error
 	return c, nil
 }
 
-func walLevel(ctx context.Context, conn *pgx.Conn, _ Options) (Check, error) {
-	c := Check{Name: "wal_level"}
-	v, err := setting(ctx, conn, "wal_level")
-	if err != nil {
-		return c, err
+// requireSetting returns a check that a setting changed only by a restart
+// has the value pgcourier needs; why says what needs it.
+func requireSetting(name, want, why string) func(context.Context, *pgx.Conn, Options) (Check, error) {
+	return func(ctx context.Context, conn *pgx.Conn, _ Options) (Check, error) {
+		c := Check{Name: name}
+		v, err := setting(ctx, conn, name)
+		if err != nil {
+			return c, err
+		}
+		c.OK, c.Detail = v == want, v
+		if !c.OK {
+			c.Detail = v + ", " + why
+			c.Fix = fmt.Sprintf("ALTER SYSTEM SET %s = %s;  -- %s", name, want, restartHint)
+		}
+		return c, nil
 	}
-	c.OK = v == "logical"
-	c.Detail = v
-	if !c.OK {
-		c.Detail = v + ", capture needs logical"
-		c.Fix = "ALTER SYSTEM SET wal_level = logical;  -- " + restartHint
-	}
-	return c, nil
 }
 
 func replicationSlots(ctx context.Context, conn *pgx.Conn, opts Options) (Check, error) {
@@ -199,21 +202,6 @@ func replicationPrivilege(ctx context.Context, conn *pgx.Conn, _ Options) (Check
 	if !ok {
 		c.Detail += " cannot open a replication connection"
 		c.Fix = fmt.Sprintf("ALTER ROLE %s REPLICATION;  -- as a superuser", user)
-	}
-	return c, nil
-}
-
-func commitTimestamps(ctx context.Context, conn *pgx.Conn, _ Options) (Check, error) {
-	c := Check{Name: "track_commit_timestamp"}
-	v, err := setting(ctx, conn, "track_commit_timestamp")
-	if err != nil {
-		return c, err
-	}
-	c.OK = v == "on"
-	c.Detail = v
-	if !c.OK {
-		c.Detail = v + ", last-writer-wins needs each row's commit time"
-		c.Fix = "ALTER SYSTEM SET track_commit_timestamp = on;  -- " + restartHint
 	}
 	return c, nil
 }
