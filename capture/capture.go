@@ -143,7 +143,13 @@ func (c *Capturer) Run(ctx context.Context) error {
 			backoff = minBackoff
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
-		c.log.Warn("capture interrupted; retrying", "err", err, "retry_in", wait.Round(time.Millisecond))
+		if hint := needsOperator(err); hint != "" {
+			// It will not heal by itself, but capture keeps trying so that
+			// it resumes on its own once someone fixed it.
+			c.log.Error("capture stopped; retrying", "err", err, "hint", hint, "retry_in", wait.Round(time.Millisecond))
+		} else {
+			c.log.Warn("capture interrupted; retrying", "err", err, "retry_in", wait.Round(time.Millisecond))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -572,4 +578,27 @@ func plainName(name string) bool {
 		}
 	}
 	return true
+}
+
+// needsOperator returns what an operator must do about err, or "" when the
+// error is of the kind that heals by itself (a restart, a network drop).
+// It goes by SQLSTATE, never by message text.
+func needsOperator(err error) string {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return ""
+	}
+	switch pgErr.Code {
+	case "28P01", "28000": // invalid password, invalid authorization
+		return "check the user and password in [database] url (or password-file)"
+	case "3D000": // database does not exist
+		return "check the database name in [database] url"
+	case "42501": // insufficient privilege
+		return "run pgcourier doctor -c FILE: it prints the GRANT or ALTER ROLE needed"
+	case "42P01", "3F000": // undefined table, schema: pgcourier's own tables are missing
+		return "run pgcourier init -c FILE"
+	case "55000", "42704": // object not in prerequisite state (wal_level), undefined object (slot, publication)
+		return "run pgcourier doctor -c FILE and pgcourier init -c FILE"
+	}
+	return ""
 }

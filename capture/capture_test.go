@@ -1,14 +1,18 @@
 package capture
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	pgcourier "github.com/pgcourier/pgcourier"
 	"github.com/pgcourier/pgcourier/internal/pgtest"
@@ -546,4 +550,56 @@ func commitAs(t *testing.T, c *pgtest.Cluster, source, sql string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestNeedsOperator(t *testing.T) {
+	tests := []struct {
+		err      error
+		operator bool
+	}{
+		{&pgconn.PgError{Code: "28P01"}, true},
+		{fmt.Errorf("read capture state: %w", &pgconn.PgError{Code: "42P01"}), true},
+		{&pgconn.PgError{Code: "42501"}, true},
+		{&pgconn.PgError{Code: "57P01"}, false}, // admin shutdown: Postgres restarting
+		{&pgconn.PgError{Code: "55006"}, false}, // slot still active for a dead session
+		{errors.New("receive: connection reset by peer"), false},
+	}
+	for _, tt := range tests {
+		if got := needsOperator(tt.err) != ""; got != tt.operator {
+			t.Errorf("needsOperator(%v) = %v, want %v", tt.err, got, tt.operator)
+		}
+	}
+}
+
+func TestRunReportsMissingSchema(t *testing.T) {
+	c := pgtest.Start(t)
+	var buf syncBuffer
+	opts := testOptions(c, allPublic)
+	opts.Logger = slog.New(slog.NewTextHandler(&buf, nil))
+	runCapture(t, opts)
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(buf.String(), `level=ERROR msg="capture stopped; retrying"`) || !strings.Contains(buf.String(), "run pgcourier init -c FILE") {
+		if time.Now().After(deadline) {
+			t.Fatalf("log after 20s without the pgcourier schema:\n%s\nwant an error telling to run pgcourier init", buf.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
