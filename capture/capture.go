@@ -188,11 +188,7 @@ func (c *Capturer) session(ctx context.Context) error {
 	}
 	rcfg.RuntimeParams["replication"] = "database"
 	rcfg.RuntimeParams["application_name"] = "pgcourier capture " + c.opts.Node
-	// Values travel as Postgres prints them; fix the output styles so every
-	// upstream reads them the same whatever this server's defaults are.
-	for k, v := range pgcourier.ValueSettings() {
-		rcfg.RuntimeParams[k] = v
-	}
+	withValueSettings(rcfg.RuntimeParams)
 	repl, err := pgconn.ConnectConfig(ctx, rcfg)
 	if err != nil {
 		return fmt.Errorf("connect for replication: %w", err)
@@ -601,4 +597,14 @@ func needsOperator(err error) string {
 		return "run pgcourier doctor -c FILE and pgcourier init -c FILE"
 	}
 	return ""
+}
+
+// withValueSettings adds pgcourier.ValueSettings to a connection's startup
+// parameters. Values travel as Postgres prints them; fixing the output
+// styles makes every upstream read them the same, whatever this server's
+// defaults are.
+func withValueSettings(params map[string]string) {
+	for k, v := range pgcourier.ValueSettings() {
+		params[k] = v
+	}
 }

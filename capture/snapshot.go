@@ -97,17 +97,16 @@ type snapshotter struct {
 
 func newSnapshotter(ctx context.Context, url, slot string, chunkRows int, log *slog.Logger) (*snapshotter, error) {
 	sn := &snapshotter{slot: slot, chunkRows: chunkRows, log: log, started: time.Now()}
-	db, err := pgx.Connect(ctx, url)
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	withValueSettings(cfg.RuntimeParams)
+	db, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: connect: %w", err)
 	}
 	sn.conn = db
-	for k, v := range pgcourier.ValueSettings() {
-		if _, err := db.Exec(ctx, fmt.Sprintf("SET %s = '%s'", k, v)); err != nil {
-			sn.close(ctx)
-			return nil, fmt.Errorf("snapshot: set %s: %w", k, err)
-		}
-	}
 	rows, err := db.Query(ctx, `
 		SELECT table_name, last_key, rows_done, rows_estimate
 		  FROM pgcourier.snapshot_progress
