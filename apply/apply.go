@@ -319,20 +319,11 @@ func (w *Writer) Close() {
 	w.conns.close(context.Background())
 }
 
-// Progress is how far a source's stream has been applied on this node.
-type Progress struct {
-	Source     string
-	Epoch      int64
-	AppliedSeq uint64 // 0 when nothing was applied from the source yet
-	// Blocked is the error keeping the source's next batch from applying,
-	// empty if none.
-	Blocked string
-}
-
 // Progress returns how far the source's stream has been applied, so that a
-// sender can start from the right batch.
-func (w *Writer) Progress(ctx context.Context, source string) (Progress, error) {
-	p := Progress{Source: source}
+// sender can start from the right batch. StoredSeq equals AppliedSeq: this
+// node applies what it takes.
+func (w *Writer) Progress(ctx context.Context, source string) (pgcourier.Progress, error) {
+	p := pgcourier.Progress{Source: source}
 	var epoch, seq *int64
 	var blocked *string
 	conn, err := w.conns.acquire(ctx)
@@ -350,6 +341,7 @@ func (w *Writer) Progress(ctx context.Context, source string) (Progress, error) 
 	}
 	if epoch != nil {
 		p.Epoch, p.AppliedSeq = *epoch, uint64(*seq)
+		p.StoredSeq = p.AppliedSeq
 	}
 	if blocked != nil {
 		p.Blocked = *blocked

@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 // crashRows inserts, each updating half of the batch before it and deleting
 // a tenth of the one before that.
 const (
-	crashBatches = 12
+	crashBatches = 40
 	crashRows    = 4000
 	crashSource  = "laptop-07"
 	eventsTable  = `CREATE TABLE events (id bigint PRIMARY KEY, v bigint NOT NULL, note text)`
@@ -252,7 +252,7 @@ func TestApplierKill9(t *testing.T) {
 		cmd, done := start()
 		// Kill at a random moment, later each time a kill found no new
 		// batch; after ten kills let the stream finish.
-		wait := time.Duration(100+rand.IntN(400)+300*stuck) * time.Millisecond
+		wait := time.Duration(20+rand.IntN(200)+150*stuck) * time.Millisecond
 		if kills >= 10 {
 			wait = 5 * time.Minute
 		}

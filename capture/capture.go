@@ -59,6 +59,10 @@ type Options struct {
 	// stays silent longer (it sends keepalives) is treated as gone.
 	ReadTimeout time.Duration
 
+	// Appended, if set, is called after every batch the outbox committed,
+	// so that a sender can wake at once. It must not block.
+	Appended func()
+
 	Logger *slog.Logger
 }
 
@@ -456,6 +460,9 @@ func (s *stream) flush(ctx context.Context) error {
 	s.c.log.Debug("batch captured", "seq", s.ob.nextSeq-1, "transactions", len(s.pending), "rows", s.pendingRows, "lsn", s.processed)
 	s.pending, s.pendingRows, s.pendingBytes, s.progress = nil, 0, 0, nil
 	s.durable = s.processed
+	if s.c.opts.Appended != nil {
+		s.c.opts.Appended()
+	}
 	return s.sendStatus(ctx)
 }
 

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -31,6 +32,9 @@ import (
 const (
 	// DefaultPublication is the publication a capturing node reads.
 	DefaultPublication = "pgcourier"
+	// DefaultRetention is how long an acknowledged batch stays in the
+	// outbox.
+	DefaultRetention = 24 * time.Hour
 	// DefaultMaxBodyBytes is the largest request body a listener accepts.
 	DefaultMaxBodyBytes int64 = 64 << 20
 	// DefaultConflict is the conflict policy of an applying node.
@@ -112,6 +116,20 @@ type Capture struct {
 	// Slot is the name of the logical replication slot capture reads;
 	// pgcourier.SlotName(node) by default.
 	Slot string `toml:"slot"`
+	// Retention is how long a batch stays in the outbox after its final
+	// destination confirmed it applied, as a Go duration such as "72h";
+	// DefaultRetention when empty. See RetentionPeriod.
+	Retention string `toml:"retention"`
+}
+
+// RetentionPeriod returns Retention as a duration, DefaultRetention when it
+// is empty. Validate has checked it.
+func (c *Capture) RetentionPeriod() time.Duration {
+	d, err := time.ParseDuration(c.Retention)
+	if c.Retention == "" || err != nil {
+		return DefaultRetention
+	}
+	return d
 }
 
 // Route is one way upstream. Which fields apply depends on Kind.

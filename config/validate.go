@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -232,6 +233,11 @@ func (v *validator) capture() {
 	if pgcourier.CheckNodeID(v.c.Node) == nil || cp.Slot != pgcourier.SlotName(v.c.Node) {
 		if msg := checkIdentifier(cp.Slot); msg != "" {
 			v.add("capture.slot", "%s", msg)
+		}
+	}
+	if cp.Retention != "" {
+		if d, err := time.ParseDuration(cp.Retention); err != nil || d < 0 {
+			v.add("capture.retention", `want a duration such as "24h" or "168h", got %q`, cp.Retention)
 		}
 	}
 }

@@ -350,6 +350,16 @@ exclude = ["x", "public.ok"]`),
 			},
 		},
 		{
+			name: "retention",
+			in:   replaceLine(clientBase, 6, "tables = [\"public.*\"]\nretention = \"7d\""),
+			want: []string{`t.toml:7: capture.retention: want a duration such as "24h" or "168h", got "7d"`},
+		},
+		{
+			name: "negative retention",
+			in:   replaceLine(clientBase, 6, "tables = [\"public.*\"]\nretention = \"-1h\""),
+			want: []string{`t.toml:7: capture.retention: want a duration such as "24h" or "168h", got "-1h"`},
+		},
+		{
 			name: "slot too long",
 			in:   replaceLine(clientBase, 6, "tables = [\"public.*\"]\nslot = \""+strings.Repeat("s", 64)+"\""),
 			want: []string{`t.toml:7: capture.slot: want 1 to 63 lowercase letters, digits and '_', got 64 characters`},

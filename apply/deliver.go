@@ -1,0 +1,86 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	pgcourier "github.com/pgcourier/pgcourier"
+	"github.com/pgcourier/pgcourier/wire"
+)
+
+// A Writer is the sink at the end of every route: the REST listener hands
+// it what arrives, and the postgres route is a Writer on the upstream
+// database.
+var _ pgcourier.Sink = (*Writer)(nil)
+
+// Deliver applies parcels in order, as Apply does, and stops after the
+// first that is not applied or a duplicate; see pgcourier.Sink. A parcel
+// that does not decode, or whose header does not match its identity, is
+// Refused. The error is for the database link: wrapped in
+// pgcourier.ErrUnreachable when no connection could be made.
+func (w *Writer) Deliver(ctx context.Context, parcels []pgcourier.Parcel) ([]pgcourier.Receipt, error) {
+	if err := pgcourier.CheckParcels(parcels); err != nil {
+		return nil, fmt.Errorf("deliver: %w", err)
+	}
+	receipts := make([]pgcourier.Receipt, 0, len(parcels))
+	for _, p := range parcels {
+		r := pgcourier.Receipt{Source: p.Source, Epoch: p.Epoch, Seq: p.Seq}
+		b := p.Batch
+		if b == nil {
+			var err error
+			if b, err = wire.Decode(p.Data); err != nil {
+				r.Outcome, r.Error = pgcourier.Refused, fmt.Sprintf("%v: %v", ErrInvalid, err)
+				return append(receipts, r), nil
+			}
+		}
+		if b.Source != p.Source || b.Epoch != p.Epoch || b.Seq != p.Seq {
+			r.Outcome = pgcourier.Refused
+			r.Error = fmt.Sprintf("%v: parcel says %s epoch %d seq %d, its batch %s epoch %d seq %d",
+				ErrInvalid, p.Source, p.Epoch, p.Seq, b.Source, b.Epoch, b.Seq)
+			return append(receipts, r), nil
+		}
+		res, err := w.Apply(ctx, b)
+		if err != nil {
+			if unreachable(err) {
+				err = fmt.Errorf("%w: %w", pgcourier.ErrUnreachable, err)
+			}
+			return receipts, fmt.Errorf("apply %s seq %d: %w", p.Source, p.Seq, err)
+		}
+		receipts = append(receipts, receipt(r, res))
+		if !receipts[len(receipts)-1].Outcome.Done() {
+			break
+		}
+	}
+	return receipts, nil
+}
+
+// receipt fills r from what Apply did.
+func receipt(r pgcourier.Receipt, res Result) pgcourier.Receipt {
+	r.AppliedSeq, r.NextSeq = res.AppliedSeq, res.NextSeq
+	switch res.Status {
+	case Applied:
+		r.Outcome = pgcourier.Applied
+	case Duplicate:
+		r.Outcome = pgcourier.Duplicate
+	case Gap:
+		r.Outcome = pgcourier.Gap
+	case Blocked:
+		r.Outcome, r.RetryAfter = pgcourier.Blocked, res.RetryAfter
+	default:
+		r.Outcome = pgcourier.Refused
+	}
+	if res.Err != nil {
+		r.Error = res.Err.Error()
+	}
+	return r
+}
+
+// unreachable reports whether err means no connection to the database
+// could be made at all.
+func unreachable(err error) bool {
+	var connect *pgconn.ConnectError
+	return errors.As(err, &connect)
+}

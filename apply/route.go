@@ -1,0 +1,97 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+
+	pgcourier "github.com/pgcourier/pgcourier"
+)
+
+// Route is the postgres route: a sender's way of applying its batches
+// straight into the upstream database, with the same Writer the upstream's
+// own listener uses, so the two routes can take turns and a batch still
+// takes effect once. It learns the upstream node's id from the database
+// (pgcourier.node, written by "pgcourier init" upstream) when it first
+// reaches it, and connects only when used.
+type Route struct {
+	cfg  *pgx.ConnConfig
+	opts Options
+
+	mu sync.Mutex
+	w  *Writer // nil until the upstream was reached
+}
+
+var _ pgcourier.Sink = (*Route)(nil)
+
+// NewRoute returns the postgres route to the database cfg connects to. The
+// Node field of opts is ignored: it is the upstream's, read from its
+// database. The upstream database applies with opts' policies.
+func NewRoute(cfg *pgx.ConnConfig, opts Options) (*Route, error) {
+	if cfg == nil {
+		return nil, errors.New("postgres route: no connection config")
+	}
+	return &Route{cfg: cfg.Copy(), opts: opts}, nil
+}
+
+// writer returns the route's Writer, creating it when the upstream is
+// first reached.
+func (r *Route) writer(ctx context.Context) (*Writer, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.w != nil {
+		return r.w, nil
+	}
+	conn, err := pgx.ConnectConfig(ctx, r.cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", pgcourier.ErrUnreachable, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var node string
+	err = conn.QueryRow(ctx, `SELECT id FROM pgcourier.node`).Scan(&node)
+	if err != nil {
+		return nil, fmt.Errorf("read the upstream node id (has \"pgcourier init\" run upstream?): %w", err)
+	}
+	opts := r.opts
+	opts.Node = node
+	w, err := New(r.cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	r.w = w
+	return w, nil
+}
+
+// Deliver applies parcels upstream; see Writer.Deliver.
+func (r *Route) Deliver(ctx context.Context, parcels []pgcourier.Parcel) ([]pgcourier.Receipt, error) {
+	w, err := r.writer(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("postgres route: %w", err)
+	}
+	return w.Deliver(ctx, parcels)
+}
+
+// Progress returns the source's progress upstream; see Writer.Progress.
+func (r *Route) Progress(ctx context.Context, source string) (pgcourier.Progress, error) {
+	w, err := r.writer(ctx)
+	if err != nil {
+		return pgcourier.Progress{Source: source}, fmt.Errorf("postgres route: %w", err)
+	}
+	p, err := w.Progress(ctx, source)
+	if err != nil && unreachable(err) {
+		err = fmt.Errorf("%w: %w", pgcourier.ErrUnreachable, err)
+	}
+	return p, err
+}
+
+// Close closes the route's connections.
+func (r *Route) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.w != nil {
+		r.w.Close()
+	}
+}

@@ -1,0 +1,87 @@
+package apply
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// SourceState is how a source's stream stands on an applying node, for
+// status.
+type SourceState struct {
+	Source        string     `json:"source"`
+	Epoch         int64      `json:"epoch"`
+	AppliedSeq    uint64     `json:"applied_seq"`
+	LastAppliedAt time.Time  `json:"last_applied_at"`
+	LastCommit    *time.Time `json:"last_commit_time,omitempty"` // the source's commit time of the last transaction applied
+	Batches       int64      `json:"batches"`
+	Rows          int64      `json:"rows"`
+	Conflicts     int64      `json:"conflicts"` // unresolved conflicts recorded for the source
+	Blocked       *Stuck     `json:"blocked,omitempty"`
+}
+
+// Stuck is the batch a source's stream waits on and why.
+type Stuck struct {
+	Epoch    int64      `json:"epoch"`
+	Seq      uint64     `json:"seq"`
+	Error    string     `json:"error"`
+	Hint     string     `json:"hint,omitempty"`
+	Since    time.Time  `json:"since"`
+	Attempts int        `json:"attempts"`
+	RetryAt  *time.Time `json:"retry_at,omitempty"`
+}
+
+// ListSources returns the state of every source this node has applied
+// batches from or is blocked on, by source id.
+func ListSources(ctx context.Context, conn *pgx.Conn) ([]SourceState, error) {
+	rows, err := conn.Query(ctx, `
+		WITH ids AS (
+		    SELECT source FROM pgcourier.source_progress
+		    UNION SELECT source FROM pgcourier.blocked
+		)
+		SELECT ids.source, coalesce(p.epoch, b.epoch), coalesce(p.applied_seq, 0),
+		       coalesce(p.applied_at, 'epoch'::timestamptz), p.last_commit_time,
+		       coalesce(p.batches, 0), coalesce(p.rows, 0),
+		       (SELECT count(*) FROM pgcourier.conflicts c WHERE c.source = ids.source AND c.resolved_at IS NULL),
+		       b.epoch, b.seq, b.error, coalesce(b.hint, ''), b.first_at, b.attempts, b.retry_at
+		  FROM ids
+		  LEFT JOIN pgcourier.source_progress p ON p.source = ids.source
+		  LEFT JOIN pgcourier.blocked b ON b.source = ids.source
+		 ORDER BY ids.source`)
+	if err != nil {
+		return nil, fmt.Errorf("list sources: %w", err)
+	}
+	defer rows.Close()
+	var out []SourceState
+	for rows.Next() {
+		var s SourceState
+		var applied int64
+		var bepoch, bseq *int64
+		var berr *string
+		var hint string
+		var since *time.Time
+		var attempts *int
+		var retryAt *time.Time
+		if err := rows.Scan(&s.Source, &s.Epoch, &applied, &s.LastAppliedAt, &s.LastCommit,
+			&s.Batches, &s.Rows, &s.Conflicts, &bepoch, &bseq, &berr, &hint, &since, &attempts, &retryAt); err != nil {
+			return nil, fmt.Errorf("list sources: %w", err)
+		}
+		s.AppliedSeq = uint64(applied)
+		if bepoch != nil && bseq != nil && berr != nil {
+			s.Blocked = &Stuck{Epoch: *bepoch, Seq: uint64(*bseq), Error: *berr, Hint: hint, RetryAt: retryAt}
+			if since != nil {
+				s.Blocked.Since = *since
+			}
+			if attempts != nil {
+				s.Blocked.Attempts = *attempts
+			}
+		}
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list sources: %w", err)
+	}
+	return out, nil
+}

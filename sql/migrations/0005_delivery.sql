@@ -1,0 +1,25 @@
+-- Delivery: which outbox batches their final destination has applied, which
+-- a relay holds, and how each route upstream fared (see docs/operations.md).
+
+-- acked_at is set when an applying node confirmed the batch applied (or a
+-- duplicate); the batch is deleted once it is older than the retention.
+-- relayed_at is set when a relay confirmed it stored the batch: the batch
+-- stays pending until the final destination's confirmation comes back.
+ALTER TABLE pgcourier.outbox
+    ADD COLUMN acked_at   timestamptz,
+    ADD COLUMN relayed_at timestamptz;
+
+CREATE INDEX outbox_pending ON pgcourier.outbox (epoch, seq) WHERE acked_at IS NULL;
+CREATE INDEX outbox_acked ON pgcourier.outbox (acked_at) WHERE acked_at IS NOT NULL;
+
+-- One row per configured route: its last success and last error, for
+-- pgcourier status. Written by the router when something changes.
+CREATE TABLE pgcourier.route_state (
+    route           text        PRIMARY KEY,  -- the route's name, such as "route[0] rest"
+    target          text        NOT NULL,     -- where it leads, without secrets
+    last_success_at timestamptz,
+    last_seq        bigint,                   -- the last seq it delivered
+    last_error      text,
+    last_error_at   timestamptz,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
