@@ -1,0 +1,35 @@
+package rest
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// StatusError is an error answer from the upstream that the Client does not
+// retry, or still got after its retries: the request reached the upstream,
+// which said no. The Client returns it wrapped, so use errors.As to read it.
+// A 413 asks for fewer batches per request; a 401 or 403 for someone to fix
+// a token or the configuration.
+type StatusError struct {
+	// StatusCode is the HTTP status of the answer, such as 403.
+	StatusCode int
+	// Message is the upstream's explanation (the "error" of its JSON body),
+	// or the start of a body that was not the protocol's JSON.
+	Message string
+	// RetryAfter is the wait the upstream asked for with Retry-After, or 0.
+	RetryAfter time.Duration
+}
+
+// Error returns the status and the upstream's message, such as
+// "403 Forbidden: a token only speaks for its own source".
+func (e *StatusError) Error() string {
+	s := fmt.Sprintf("%d %s", e.StatusCode, http.StatusText(e.StatusCode))
+	if e.Message != "" {
+		s += ": " + e.Message
+	}
+	if e.RetryAfter > 0 {
+		s += fmt.Sprintf(" (retry after %s)", e.RetryAfter)
+	}
+	return s
+}
