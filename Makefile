@@ -1,5 +1,6 @@
 # pgcourier — build, test, lint.
 #
+#   make demo    two laptops and a server on throw-away clusters, end to end
 #   make test    every test, integration included, with the race detector
 #   make lint    go vet and staticcheck
 #   make bench   the benchmark harness (several minutes; writes docs/benchmarks.*)
@@ -11,7 +12,7 @@ TEST_TIMEOUT    ?= 15m
 # that several times faster where /tmp is a slow disk.
 TEST_TMPDIR     ?= $(shell test -d /dev/shm -a -w /dev/shm && echo /dev/shm || echo $${TMPDIR:-/tmp})
 
-.PHONY: all build test lint vet staticcheck bench fuzz clean
+.PHONY: all build test lint vet staticcheck bench fuzz demo clean
 
 all: lint test
 
@@ -31,6 +32,10 @@ lint: vet staticcheck
 
 bench:
 	$(GO) run ./bench
+
+# The demo starts three throw-away clusters; TMPDIR as for the tests.
+demo:
+	TMPDIR=$(TEST_TMPDIR) $(GO) run ./cmd/pgcourier demo
 
 # Runs each fuzz target for a short while; FUZZTIME=5m for longer.
 FUZZTIME ?= 30s

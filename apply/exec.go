@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	pgcourier "github.com/pgcourier/pgcourier"
+	"github.com/pgcourier/pgcourier/wire"
 )
 
 // cleanupTimeout bounds how long a session spends giving back what it
@@ -77,13 +78,14 @@ SELECT pgcourier.apply_check((SELECT count(*) FROM up) = 1, 'the progress of sou
 	unlockAllSQL   = `SELECT pg_catalog.pg_advisory_unlock_all()`
 
 	blockSQL = `
-INSERT INTO pgcourier.blocked AS b (source, epoch, seq, sqlstate, table_name, column_name, error, hint)
-VALUES ($1, $2, $3, nullif($4, ''), nullif($5, ''), nullif($6, ''), $7, $8)
+INSERT INTO pgcourier.blocked AS b (source, epoch, seq, sqlstate, table_name, column_name, error, hint, payload)
+VALUES ($1, $2, $3, nullif($4, ''), nullif($5, ''), nullif($6, ''), $7, $8, $9)
 ON CONFLICT (source) DO UPDATE SET
   first_at = CASE WHEN (b.epoch, b.seq) = (excluded.epoch, excluded.seq) THEN b.first_at ELSE now() END,
   attempts = CASE WHEN (b.epoch, b.seq) = (excluded.epoch, excluded.seq) THEN b.attempts + 1 ELSE 1 END,
   epoch = excluded.epoch, seq = excluded.seq, sqlstate = excluded.sqlstate, table_name = excluded.table_name,
-  column_name = excluded.column_name, error = excluded.error, hint = excluded.hint, last_at = now()
+  column_name = excluded.column_name, error = excluded.error, hint = excluded.hint, last_at = now(),
+  payload = coalesce(excluded.payload, b.payload)
 RETURNING attempts`
 	retrySQL = `UPDATE pgcourier.blocked SET retry_at = now() + $2::int8 * interval '1 millisecond' WHERE source = $1`
 )
@@ -498,8 +500,15 @@ func (w *Writer) blockAfter(ctx context.Context, s *session, b *pgcourier.Batch,
 func (w *Writer) block(ctx context.Context, conn *pgx.Conn, b *pgcourier.Batch, be *BlockedError, applied uint64) Result {
 	res := Result{Status: Blocked, Err: be, AppliedSeq: applied, NextSeq: applied + 1, RetryAfter: backoff(1)}
 	q := func(sql string, args ...any) pgx.Row { return conn.QueryRow(ctx, sql, args...) }
+	// The batch is kept for "pgcourier park"; Encode gives back the bytes
+	// the source sent.
+	payload, err := wire.Encode(b)
+	if err != nil {
+		w.log.Warn("could not encode a blocked batch to keep it", "source", b.Source, "seq", b.Seq, "err", err)
+		payload = nil
+	}
 	var attempts int
-	err := q(blockSQL, b.Source, b.Epoch, int64(b.Seq), be.SQLState, be.Table, be.Column, be.Error(), be.Hint).Scan(&attempts)
+	err = q(blockSQL, b.Source, b.Epoch, int64(b.Seq), be.SQLState, be.Table, be.Column, be.Error(), be.Hint, payload).Scan(&attempts)
 	if err == nil {
 		res.RetryAfter = backoff(attempts)
 		var n int

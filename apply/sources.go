@@ -2,6 +2,7 @@ package apply
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -84,4 +85,27 @@ func ListSources(ctx context.Context, conn *pgx.Conn) ([]SourceState, error) {
 		return nil, fmt.Errorf("list sources: %w", err)
 	}
 	return out, nil
+}
+
+// BlockedBatch returns the batch source's stream is blocked on, as the
+// applier last received it (nil when it was not kept), and where it stands;
+// ok is false when the source is not blocked.
+func BlockedBatch(ctx context.Context, conn *pgx.Conn, source string) (stuck Stuck, payload []byte, ok bool, err error) {
+	var seq int64
+	var hint *string
+	err = conn.QueryRow(ctx, `
+		SELECT epoch, seq, error, hint, first_at, attempts, retry_at, payload
+		  FROM pgcourier.blocked WHERE source = $1`, source).
+		Scan(&stuck.Epoch, &seq, &stuck.Error, &hint, &stuck.Since, &stuck.Attempts, &stuck.RetryAt, &payload)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Stuck{}, nil, false, nil
+	}
+	if err != nil {
+		return Stuck{}, nil, false, fmt.Errorf("read the blocked batch of %s: %w", source, err)
+	}
+	stuck.Seq = uint64(seq)
+	if hint != nil {
+		stuck.Hint = *hint
+	}
+	return stuck, payload, true, nil
 }

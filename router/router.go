@@ -78,8 +78,10 @@ type Options struct {
 	// Grace is how long a delivery in flight may go on after Run's context
 	// is done.
 	Grace time.Duration
-	// DeliveryTimeout bounds one delivery, so that a link that died
-	// without closing cannot hold the stream.
+	// DeliveryTimeout bounds one delivery, plus the time its batches take
+	// at minDeliveryRate, so that a link that died without closing cannot
+	// hold the stream while a large delivery over a poor link still gets
+	// through.
 	DeliveryTimeout time.Duration
 
 	Logger *slog.Logger
@@ -106,6 +108,9 @@ const (
 	recordInterval = time.Second      // how often a route's successes are recorded for status
 	outboxBackoff  = 2 * time.Second  // the wait after the local database failed
 	maxOutboxWait  = 30 * time.Second // its cap
+	// minDeliveryRate is the slowest link, in bytes a second, a delivery
+	// is given time for.
+	minDeliveryRate = 4 << 10
 )
 
 // Router ships one node's outbox along its routes. Create it with New, run
@@ -133,6 +138,7 @@ type route struct {
 	down      bool // the last probe or delivery could not reach the receiver
 	lastErr   string
 	recorded  time.Time // when a success was last recorded
+	unsaved   uint64    // the last seq delivered, when not recorded yet
 }
 
 // New checks opts, fills in defaults and returns a Router. It starts
@@ -276,9 +282,17 @@ func (r *Router) step(ctx, work context.Context) (time.Duration, error) {
 		return 0, err
 	}
 	if len(parcels) == 0 {
+		// Idle: record the last success the throttle held back.
+		if rt.unsaved > 0 {
+			r.record(work, rt, rt.unsaved)
+		}
 		return r.opts.PollInterval, nil
 	}
-	dctx, cancel := context.WithTimeout(work, r.opts.DeliveryTimeout)
+	size := 0
+	for _, p := range parcels {
+		size += len(p.Data)
+	}
+	dctx, cancel := context.WithTimeout(work, r.opts.DeliveryTimeout+time.Duration(size)*time.Second/minDeliveryRate)
 	receipts, derr := rt.Sink.Deliver(dctx, parcels)
 	cancel()
 	if err := r.settle(work, rt, receipts); err != nil {
@@ -416,11 +430,21 @@ func (r *Router) succeed(ctx context.Context, rt *route, seq uint64) {
 	}
 	healed := rt.failures > 0 || rt.lastErr != ""
 	rt.failures, rt.nextTry, rt.nextProbe, rt.down, rt.lastErr = 0, time.Time{}, time.Time{}, false, ""
-	if seq > 0 && (healed || time.Since(rt.recorded) >= recordInterval) {
-		rt.recorded = time.Now()
-		if err := r.opts.Outbox.RecordRoute(ctx, rt.Name, rt.Target, seq, nil); err != nil {
-			r.log.Debug("could not record route state", "route", rt.Name, "err", err)
-		}
+	if seq == 0 {
+		return
+	}
+	if healed || time.Since(rt.recorded) >= recordInterval {
+		r.record(ctx, rt, seq)
+	} else {
+		rt.unsaved = seq
+	}
+}
+
+// record records a success of rt up to seq for status.
+func (r *Router) record(ctx context.Context, rt *route, seq uint64) {
+	rt.recorded, rt.unsaved = time.Now(), 0
+	if err := r.opts.Outbox.RecordRoute(ctx, rt.Name, rt.Target, seq, nil); err != nil {
+		r.log.Debug("could not record route state", "route", rt.Name, "err", err)
 	}
 }
 

@@ -46,9 +46,13 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"init", "create the pgcourier schema in the node's database (idempotent)", runInit},
+		{"run", "run the node's role until SIGINT or SIGTERM", runRun},
+		{"status", "show what is pending, stuck or failing on the node", runStatus},
 		{"doctor", "check the node's database and print the fix for every problem", runDoctor},
 		{"conflicts", "list the changes the applier kept instead of applying", runConflicts},
+		{"park", "set aside the batch a source is blocked on, keeping it whole, so the rest can flow", runPark},
 		{"token", "print a new token for a node and the lines its upstream needs", runToken},
+		{"demo", "run two laptops and a server on throw-away Postgres clusters, and check the result", runDemo},
 		{"version", "print the version", runVersion},
 	}
 }
@@ -122,13 +126,17 @@ func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "pgcourier version: unexpected argument %q\n", args[0])
 		return exitUsage
 	}
-	v := version
-	if v == "" {
-		v = "(devel)"
-		if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" {
-			v = info.Main.Version
-		}
-	}
-	fmt.Fprintf(stdout, "pgcourier %s (%s, schema version %d)\n", v, runtime.Version(), schema.Latest())
+	fmt.Fprintf(stdout, "pgcourier %s (%s, schema version %d)\n", versionString(), runtime.Version(), schema.Latest())
 	return exitOK
+}
+
+// versionString returns the version set at build time, or the module's.
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" {
+		return info.Main.Version
+	}
+	return "(devel)"
 }

@@ -1,5 +1,7 @@
 -- Delivery: which outbox batches their final destination has applied, which
--- a relay holds, and how each route upstream fared (see docs/operations.md).
+-- a relay holds, and how each route upstream fared (see docs/operations.md);
+-- and upstream, the encoded batch a source is blocked on, so that an
+-- operator can park it (pgcourier park).
 
 -- acked_at is set when an applying node confirmed the batch applied (or a
 -- duplicate); the batch is deleted once it is older than the retention.
@@ -23,3 +25,6 @@ CREATE TABLE pgcourier.route_state (
     last_error_at   timestamptz,
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
+
+-- The blocked batch itself (wire format), as the applier last received it.
+ALTER TABLE pgcourier.blocked ADD COLUMN payload bytea;
