@@ -13,7 +13,7 @@ import (
 // Writer: the sink behind every route.
 func TestWriterConformance(t *testing.T) {
 	c := sinktest.Upstream(t)
-	sinktest.Run(t, c, func(t *testing.T) pgcourier.Sink {
+	sinktest.Run(t, c, func(t *testing.T, _ string) pgcourier.Sink {
 		return newWriter(t, c, Options{Node: sinktest.Node})
 	})
 }
@@ -21,7 +21,7 @@ func TestWriterConformance(t *testing.T) {
 // TestRouteConformance runs the suite against the postgres route.
 func TestRouteConformance(t *testing.T) {
 	c := sinktest.Upstream(t)
-	sinktest.Run(t, c, func(t *testing.T) pgcourier.Sink {
+	sinktest.Run(t, c, func(t *testing.T, _ string) pgcourier.Sink {
 		cfg, err := pgx.ParseConfig(c.URL())
 		if err != nil {
 			t.Fatal(err)

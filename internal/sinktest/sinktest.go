@@ -87,15 +87,20 @@ func Upstream(t testing.TB) *pgtest.Cluster {
 	return c
 }
 
-// Run runs the suite against the sink that open returns for the upstream
-// database c (see Upstream). Each subtest uses a source of its own.
-func Run(t *testing.T, c *pgtest.Cluster, open func(t *testing.T) pgcourier.Sink) {
+// Sources are the ids of the sources the suite sends as, one per subtest.
+var Sources = []string{"laptop-01", "laptop-02", "laptop-03", "laptop-04", "laptop-05"}
+
+// Run runs the suite against the sinks that open returns for the upstream
+// database c (see Upstream), one per subtest, to deliver as the source it
+// is given (one of Sources).
+func Run(t *testing.T, c *pgtest.Cluster, open func(t *testing.T, source string) pgcourier.Sink) {
 	var n atomic.Int32
-	source := func() string { return fmt.Sprintf("laptop-%02d", n.Add(1)) }
+	source := func() string { return Sources[n.Add(1)-1] }
 	ctx := context.Background()
 
 	t.Run("applied in order and durable", func(t *testing.T) {
-		sink, src := open(t), source()
+		src := source()
+		sink := open(t, src)
 		parcels := []pgcourier.Parcel{Encode(t, Batch(src, 1, 1, 3)), Encode(t, Batch(src, 1, 2, 2)), Encode(t, Batch(src, 1, 3, 1))}
 		receipts := deliver(t, sink, parcels)
 		wantOutcomes(t, receipts, pgcourier.Applied, pgcourier.Applied, pgcourier.Applied)
@@ -116,7 +121,8 @@ func Run(t *testing.T, c *pgtest.Cluster, open func(t *testing.T) pgcourier.Sink
 	})
 
 	t.Run("duplicate changes nothing", func(t *testing.T) {
-		sink, src := open(t), source()
+		src := source()
+		sink := open(t, src)
 		first := []pgcourier.Parcel{Encode(t, Batch(src, 1, 1, 2)), Encode(t, Batch(src, 1, 2, 2))}
 		wantOutcomes(t, deliver(t, sink, first), pgcourier.Applied, pgcourier.Applied)
 		before := progressRow(t, c, src)
@@ -138,7 +144,8 @@ func Run(t *testing.T, c *pgtest.Cluster, open func(t *testing.T) pgcourier.Sink
 	})
 
 	t.Run("gap refused with the next seq", func(t *testing.T) {
-		sink, src := open(t), source()
+		src := source()
+		sink := open(t, src)
 		wantOutcomes(t, deliver(t, sink, []pgcourier.Parcel{Encode(t, Batch(src, 1, 1, 1))}), pgcourier.Applied)
 		receipts := deliver(t, sink, []pgcourier.Parcel{Encode(t, Batch(src, 1, 3, 1)), Encode(t, Batch(src, 1, 4, 1))})
 		wantOutcomes(t, receipts, pgcourier.Gap)
@@ -151,7 +158,8 @@ func Run(t *testing.T, c *pgtest.Cluster, open func(t *testing.T) pgcourier.Sink
 	})
 
 	t.Run("new epoch starts at seq 1", func(t *testing.T) {
-		sink, src := open(t), source()
+		src := source()
+		sink := open(t, src)
 		wantOutcomes(t, deliver(t, sink, []pgcourier.Parcel{Encode(t, Batch(src, 1, 1, 1))}), pgcourier.Applied)
 		receipts := deliver(t, sink, []pgcourier.Parcel{Encode(t, Batch(src, 2, 2, 1))})
 		wantOutcomes(t, receipts, pgcourier.Gap)
@@ -162,7 +170,8 @@ func Run(t *testing.T, c *pgtest.Cluster, open func(t *testing.T) pgcourier.Sink
 	})
 
 	t.Run("cancelled in flight applies at most once", func(t *testing.T) {
-		sink, src := open(t), source()
+		src := source()
+		sink := open(t, src)
 		parcels := make([]pgcourier.Parcel, 8)
 		for i := range parcels {
 			parcels[i] = Encode(t, Batch(src, 1, uint64(i+1), 2000))
