@@ -250,10 +250,23 @@ func (r *Router) step(ctx, work context.Context) (time.Duration, error) {
 	if now.Before(r.hold) {
 		return r.hold.Sub(now), nil
 	}
-	rt := r.pick(now)
-	if rt == nil {
-		return r.probe(ctx, now), nil
+	i := r.pick(now)
+	if i < 0 {
+		_, wait := r.probe(ctx, now, r.routes)
+		return wait, nil
 	}
+	// The routes preferred to this one are backing off: probe those due,
+	// beside this step's work, so that one whose link is back takes over
+	// at the next step. The probe touches only those routes.
+	if better := r.routes[:i]; due(better, now) {
+		probed := make(chan struct{})
+		go func() {
+			defer close(probed)
+			r.probe(ctx, now, better)
+		}()
+		defer func() { <-probed }()
+	}
+	rt := r.routes[i]
 	if rt != r.last {
 		if r.last != nil {
 			r.log.Info("switching route", "route", rt.Name, "from", r.last.Name)
@@ -309,21 +322,33 @@ func (r *Router) step(ctx, work context.Context) (time.Duration, error) {
 	return 0, nil
 }
 
-// pick returns the first route that may be used now, or nil.
-func (r *Router) pick(now time.Time) *route {
-	for _, rt := range r.routes {
-		if !now.Before(rt.nextTry) {
-			return rt
+// due reports whether any of routes is due for a probe.
+func due(routes []*route, now time.Time) bool {
+	for _, rt := range routes {
+		if !now.Before(rt.nextProbe) {
+			return true
 		}
 	}
-	return nil
+	return false
 }
 
-// probe asks every route that is due whether its receiver is reachable,
-// and returns how long until the next route may be used or probed.
-func (r *Router) probe(ctx context.Context, now time.Time) time.Duration {
+// pick returns the index of the first route that may be used now, or -1.
+func (r *Router) pick(now time.Time) int {
+	for i, rt := range r.routes {
+		if !now.Before(rt.nextTry) {
+			return i
+		}
+	}
+	return -1
+}
+
+// probe asks each of routes that is due whether its receiver is
+// reachable. It reports whether one whose link was down answered (it may be
+// used at once), and otherwise how long until the next of routes may be
+// used or probed.
+func (r *Router) probe(ctx context.Context, now time.Time, routes []*route) (bool, time.Duration) {
 	next := now.Add(time.Hour)
-	for _, rt := range r.routes {
+	for _, rt := range routes {
 		if !now.Before(rt.nextProbe) {
 			pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 			_, err := rt.Sink.Progress(pctx, r.opts.Source)
@@ -336,9 +361,8 @@ func (r *Router) probe(ctx context.Context, now time.Time) time.Duration {
 			case rt.down:
 				// The link is back: use it at once.
 				r.log.Info("route reachable again", "route", rt.Name)
-				rt.down = false
-				rt.nextTry = now
-				return 0
+				rt.down, rt.failures, rt.nextTry = false, 0, now
+				return true, 0
 			default:
 				// Reachable, but deliveries failed: wait out the backoff.
 				rt.nextProbe = rt.nextTry
@@ -346,7 +370,7 @@ func (r *Router) probe(ctx context.Context, now time.Time) time.Duration {
 		}
 		next = earliest(next, rt.nextTry, rt.nextProbe)
 	}
-	return max(next.Sub(now), 0)
+	return false, max(next.Sub(now), 0)
 }
 
 // settle records what the receipts say and moves the route's cursor.
@@ -379,11 +403,12 @@ func (r *Router) settle(ctx context.Context, rt *route, receipts []pgcourier.Rec
 	last := receipts[len(receipts)-1]
 	if last.Outcome.Done() {
 		rt.epoch, rt.seq = last.Epoch, last.Seq+1
-		r.succeed(ctx, rt, last.Seq)
+		r.succeed(ctx, rt, last.Seq, true)
 		return nil
 	}
-	// The route works; the stream is what cannot go on.
-	r.succeed(ctx, rt, max(applied, stored))
+	// The route works; the stream is what cannot go on. The problem stays
+	// the route's last error, so that it is not reported again as new.
+	r.succeed(ctx, rt, max(applied, stored), false)
 	switch last.Outcome {
 	case pgcourier.Gap:
 		return r.gap(ctx, rt, last)
@@ -423,17 +448,21 @@ func (r *Router) gap(ctx context.Context, rt *route, rc pgcourier.Receipt) error
 	return nil
 }
 
-// succeed marks a delivery on rt as done.
-func (r *Router) succeed(ctx context.Context, rt *route, seq uint64) {
+// succeed marks a delivery on rt as done, up to seq; healed says whether
+// it also ends the route's last problem.
+func (r *Router) succeed(ctx context.Context, rt *route, seq uint64, healed bool) {
 	if rt.failures > 0 {
 		r.log.Info("route working again", "route", rt.Name, "failures", rt.failures)
 	}
-	healed := rt.failures > 0 || rt.lastErr != ""
-	rt.failures, rt.nextTry, rt.nextProbe, rt.down, rt.lastErr = 0, time.Time{}, time.Time{}, false, ""
+	news := rt.failures > 0 || (healed && rt.lastErr != "")
+	rt.failures, rt.nextTry, rt.nextProbe, rt.down = 0, time.Time{}, time.Time{}, false
+	if healed {
+		rt.lastErr = ""
+	}
 	if seq == 0 {
 		return
 	}
-	if healed || time.Since(rt.recorded) >= recordInterval {
+	if news || time.Since(rt.recorded) >= recordInterval {
 		r.record(ctx, rt, seq)
 	} else {
 		rt.unsaved = seq
