@@ -283,9 +283,16 @@ func (w *Writer) Apply(ctx context.Context, b *pgcourier.Batch) (Result, error) 
 	if b.Source == w.node {
 		return Result{Status: Refused, Err: fmt.Errorf("%w (source %s)", ErrOwnSource, b.Source)}, nil
 	}
+	optimistic := true
 	for attempt := 1; ; attempt++ {
 		started := time.Now()
-		res, err := w.apply(ctx, b)
+		res, err := w.apply(ctx, b, optimistic)
+		if errors.Is(err, errRegroup) {
+			w.log.Debug("grouped changes met a unique violation; applying them one by one", "source", b.Source, "seq", b.Seq)
+			optimistic = false
+			attempt--
+			continue
+		}
 		if attempt < maxAttempts && ctx.Err() == nil {
 			if err != nil && transient(err) {
 				w.log.Debug("batch transaction lost a lock conflict; retrying", "source", b.Source, "seq", b.Seq, "err", err)

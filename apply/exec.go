@@ -288,7 +288,13 @@ func batchTables(b *pgcourier.Batch) []tableName {
 	return names
 }
 
-func (w *Writer) apply(ctx context.Context, b *pgcourier.Batch) (Result, error) {
+// errRegroup is returned by apply when an optimistic plan met a unique
+// violation: the batch must be applied again with cautious runs.
+var errRegroup = errors.New("a grouped run met a unique violation")
+
+// apply applies b in one transaction; see Apply. optimistic lets runs
+// group changes whose order another unique index might tell (planRuns).
+func (w *Writer) apply(ctx context.Context, b *pgcourier.Batch, optimistic bool) (Result, error) {
 	origin := pgcourier.OriginName(b.Source)
 	conn, err := w.conns.acquire(ctx)
 	if err != nil {
@@ -357,7 +363,7 @@ func (w *Writer) apply(ctx context.Context, b *pgcourier.Batch) (Result, error) 
 			plans[ch.Rel] = p
 		}
 	}
-	runs := planRuns(b, plans)
+	runs := planRuns(b, plans, optimistic)
 	return w.write(ctx, s, b, st, runs)
 }
 
@@ -474,6 +480,10 @@ func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st s
 	}
 	if infrastructure(ferr) {
 		return Result{}, fmt.Errorf("apply %s seq %d: %w", b.Source, b.Seq, ferr)
+	}
+	// unique_violation, where a grouped run might be the cause.
+	if pe := (*pgconn.PgError)(nil); errors.As(ferr, &pe) && pe.Code == "23505" && slices.ContainsFunc(runs, (*run).hazardous) {
+		return Result{}, errRegroup
 	}
 	be := blockedFrom(ferr, failedRun)
 	be.server = true

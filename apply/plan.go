@@ -101,8 +101,17 @@ type run struct {
 	unchanged []string     // columns the updates left out as unchanged TOAST values
 	keyChange bool         // an update that moves its row to another key (alone in its run)
 	items     []item
+	// optimistic lets inserts and updates of a table with another unique
+	// index share the run; see planRuns.
+	optimistic bool
 
 	keys map[string]bool // rows the run touches, while it is being built
+}
+
+// hazardous reports whether the run groups inserts or updates of a table
+// with another unique index: only an optimistic plan makes such runs.
+func (r *run) hazardous() bool {
+	return r.p.hazard && len(r.items) > 1 && (r.hasIU || r.kind == runPlain)
 }
 
 // table returns the run's table as schema.name, unquoted, for messages.
@@ -182,8 +191,8 @@ func shape(p *relPlan, it item) shaped {
 }
 
 // start returns a new run holding c.
-func start(c shaped) *run {
-	r := &run{p: c.p, op: c.it.ch.Op, keys: map[string]bool{}}
+func start(c shaped, optimistic bool) *run {
+	r := &run{p: c.p, op: c.it.ch.Op, keys: map[string]bool{}, optimistic: optimistic}
 	switch {
 	case c.it.ch.Op == pgcourier.OpTruncate:
 		r.kind = runTruncate
@@ -217,16 +226,16 @@ func (r *run) accepts(c shaped) bool {
 	case runPlain:
 		// Inserts into a table without a key: only another unique
 		// constraint could tell their order.
-		return c.it.ch.Op == pgcourier.OpInsert && !r.p.hazard
+		return c.it.ch.Op == pgcourier.OpInsert && (!r.p.hazard || r.optimistic)
 	case runJudged:
 		if !r.p.keyed || c.it.ch.Op == pgcourier.OpTruncate || r.keys[c.key] {
 			// Without a key, one change finds one row of maybe several
 			// alike: alone.
 			return false
 		}
-		if r.p.hazard && (c.iu || r.hasIU) {
+		if r.p.hazard && (c.iu || r.hasIU) && !r.optimistic {
 			// Another unique constraint: the order of inserts and
-			// updates matters; deletes only free values.
+			// updates can matter; deletes only free values.
 			return false
 		}
 		if c.iu && r.hasIU && !(slices.Equal(c.cols, r.cols) && slices.Equal(c.unchanged, r.unchanged)) {
@@ -239,7 +248,15 @@ func (r *run) accepts(c shaped) bool {
 
 // planRuns splits the batch's changes into runs, in order. plans maps each
 // relation to its plan.
-func planRuns(b *pgcourier.Batch, plans map[*pgcourier.Relation]*relPlan) []*run {
+//
+// With optimistic set, inserts and updates of a table with a unique index
+// besides its key share runs too. Applied together, they can only fail
+// where one by one they would not (a row freeing a value another takes
+// within the statement), never succeed differently: every row appears
+// once in a run, so each verdict is the same either way. So the writer
+// applies optimistic runs first and, on a unique violation, applies the
+// batch again without them (see hazardous).
+func planRuns(b *pgcourier.Batch, plans map[*pgcourier.Relation]*relPlan, optimistic bool) []*run {
 	var runs []*run
 	var cur *run
 	pos := int32(0)
@@ -253,7 +270,7 @@ func planRuns(b *pgcourier.Batch, plans map[*pgcourier.Relation]*relPlan) []*run
 				cur.add(c)
 				continue
 			}
-			cur = start(c)
+			cur = start(c, optimistic)
 			runs = append(runs, cur)
 		}
 	}

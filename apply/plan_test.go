@@ -35,7 +35,12 @@ func TestPlanRuns(t *testing.T) {
 		indexes string
 		rel     *pgcourier.Relation
 		changes []pgcourier.Change
-		want    []string
+		// optimistic plans group past another unique index; hazardous
+		// lists, per run, whether the writer must retry it cautiously
+		// on a unique violation (nil: none is).
+		optimistic bool
+		want       []string
+		hazardous  []bool
 	}{{
 		name:    "inserts, updates and deletes of different rows go together",
 		indexes: "[" + pk + "]",
@@ -66,6 +71,22 @@ func TestPlanRuns(t *testing.T) {
 		rel:     keyed,
 		changes: []pgcourier.Change{ins(keyed, "1", "a", "x"), ins(keyed, "2", "b", "y"), del(keyed, "3", "NULL", "NULL"), del(keyed, "4", "NULL", "NULL"), upd(keyed, "5", "c", "z")},
 		want:    []string{"I", "I", "DD", "U"},
+	}, {
+		name:       "another unique constraint, optimistic: together, and marked for a cautious retry",
+		indexes:    "[" + pk + `, {"columns": ["code"], "unique": true}]`,
+		rel:        keyed,
+		changes:    []pgcourier.Change{ins(keyed, "1", "a", "x"), ins(keyed, "2", "b", "y"), del(keyed, "3", "NULL", "NULL"), upd(keyed, "5", "c", "z"), upd(keyed, "1", "d", "x")},
+		optimistic: true,
+		want:       []string{"IIDU", "U"},
+		hazardous:  []bool{true, false},
+	}, {
+		name:       "optimistic plans of tables without another unique index are as before",
+		indexes:    "[" + pk + "]",
+		rel:        keyed,
+		changes:    []pgcourier.Change{ins(keyed, "1", "a", "x"), ins(keyed, "2", "b", "y")},
+		optimistic: true,
+		want:       []string{"II"},
+		hazardous:  []bool{false},
 	}, {
 		name:    "a deferrable unique constraint is checked at commit: no reason to split",
 		indexes: "[" + pk + `, {"columns": ["code"], "unique": true, "deferrable": true}]`,
@@ -109,15 +130,22 @@ func TestPlanRuns(t *testing.T) {
 				txs = append(txs, txn(at(i), ch))
 			}
 			var got []string
-			for _, r := range planRuns(batch("laptop-07", 1, txs...), plans) {
+			var hazardous []bool
+			for _, r := range planRuns(batch("laptop-07", 1, txs...), plans, tt.optimistic) {
 				var ops strings.Builder
 				for _, it := range r.items {
 					ops.WriteByte(byte(it.ch.Op))
 				}
 				got = append(got, ops.String())
+				hazardous = append(hazardous, r.hazardous())
 			}
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("runs (-want +got):\n%s", diff)
+			}
+			if tt.hazardous != nil {
+				if diff := cmp.Diff(tt.hazardous, hazardous); diff != "" {
+					t.Errorf("hazardous runs (-want +got):\n%s", diff)
+				}
 			}
 		})
 	}
