@@ -283,13 +283,13 @@ func (w *Writer) Apply(ctx context.Context, b *pgcourier.Batch) (Result, error) 
 	if b.Source == w.node {
 		return Result{Status: Refused, Err: fmt.Errorf("%w (source %s)", ErrOwnSource, b.Source)}, nil
 	}
-	optimistic := true
+	cautious := false
 	for attempt := 1; ; attempt++ {
 		started := time.Now()
-		res, err := w.apply(ctx, b, optimistic)
-		if errors.Is(err, errRegroup) {
-			w.log.Debug("grouped changes met a unique violation; applying them one by one", "source", b.Source, "seq", b.Seq)
-			optimistic = false
+		res, err := w.apply(ctx, b, cautious)
+		if errors.Is(err, errRegroup) && !cautious {
+			w.log.Debug("the grouped changes failed; applying them in source order, one by one where it matters", "source", b.Source, "seq", b.Seq)
+			cautious = true
 			attempt--
 			continue
 		}

@@ -18,6 +18,7 @@ type table struct {
 	OID     uint32
 	Columns []tableColumn
 	Indexes []tableIndex
+	Links   tableLinks
 
 	ident       string         // schema.name quoted for SQL
 	byName      map[string]int // column name → index in Columns
@@ -31,6 +32,16 @@ type tableColumn struct {
 	Generated bool   `json:"generated"`
 	Identity  string `json:"identity"` // "a" (GENERATED ALWAYS), "d" (BY DEFAULT) or ""
 	NotNull   bool   `json:"notnull"`
+}
+
+// tableLinks are the foreign keys that tie a table to others.
+type tableLinks struct {
+	// Parents are the tables this one references through a foreign key
+	// checked row by row (not deferrable): their rows must exist first.
+	Parents []uint32 `json:"parents"`
+	// Referenced: some foreign key references this table, so deleting or
+	// re-keying its rows can cascade or be refused.
+	Referenced bool `json:"referenced"`
 }
 
 // tableIndex is a unique index or an exclusion constraint.
@@ -77,7 +88,11 @@ SELECT q.i::int, c.oid,
       FROM pg_catalog.pg_index i
       LEFT JOIN pg_catalog.pg_constraint con
         ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u', 'x')
-     WHERE i.indrelid = c.oid AND (i.indisunique OR i.indisexclusion) AND i.indisvalid), '[]')::text
+     WHERE i.indrelid = c.oid AND (i.indisunique OR i.indisexclusion) AND i.indisvalid), '[]')::text,
+  json_build_object(
+    'parents', coalesce((SELECT json_agg(DISTINCT f.confrelid::int8) FROM pg_catalog.pg_constraint f
+                          WHERE f.conrelid = c.oid AND f.contype = 'f' AND NOT f.condeferrable AND f.confrelid <> c.oid), '[]'),
+    'referenced', EXISTS (SELECT FROM pg_catalog.pg_constraint f WHERE f.confrelid = c.oid AND f.contype = 'f'))::text
 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(s, n, i)
 LEFT JOIN pg_catalog.pg_namespace ns ON ns.nspname = q.s
 LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid AND c.relname = q.n AND c.relkind IN ('r', 'p')
@@ -103,8 +118,8 @@ func scanCatalog(rows pgx.Rows, names []tableName) (map[tableName]*table, error)
 	for rows.Next() {
 		var i int
 		var oid *uint32
-		var cols, idxs string
-		if err := rows.Scan(&i, &oid, &cols, &idxs); err != nil {
+		var cols, idxs, links string
+		if err := rows.Scan(&i, &oid, &cols, &idxs, &links); err != nil {
 			return nil, err
 		}
 		if oid == nil || i < 1 || i > len(names) {
@@ -113,6 +128,9 @@ func scanCatalog(rows pgx.Rows, names []tableName) (map[tableName]*table, error)
 		n := names[i-1]
 		t, err := newTable(n.schema, n.name, *oid, cols, idxs)
 		if err != nil {
+			return nil, err
+		}
+		if err := t.link(links); err != nil {
 			return nil, err
 		}
 		tables[n] = t
@@ -136,6 +154,18 @@ func newTable(schema, name string, oid uint32, cols, idxs string) (*table, error
 	fmt.Fprintf(h, "%d\x00%s\x00%s\x00%s\x00%s", oid, schema, name, cols, idxs)
 	t.fingerprint = hex.EncodeToString(h.Sum(nil)[:12])
 	return t, nil
+}
+
+// link records the table's foreign keys, links being the JSON of
+// tableLinks.
+func (t *table) link(links string) error {
+	if err := json.Unmarshal([]byte(links), &t.Links); err != nil {
+		return fmt.Errorf("read foreign keys of %s: %w", t.ident, err)
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s", t.fingerprint, links)
+	t.fingerprint = hex.EncodeToString(h.Sum(nil)[:12])
+	return nil
 }
 
 // column returns the upstream column called name.

@@ -47,7 +47,7 @@ func (w *Writer) Deliver(ctx context.Context, parcels []pgcourier.Parcel) ([]pgc
 			if unreachable(err) {
 				err = fmt.Errorf("%w: %w", pgcourier.ErrUnreachable, err)
 			}
-			return receipts, fmt.Errorf("apply %s seq %d: %w", p.Source, p.Seq, err)
+			return receipts, err // it names the batch
 		}
 		receipts = append(receipts, receipt(r, res))
 		if !receipts[len(receipts)-1].Outcome.Done() {

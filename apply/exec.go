@@ -288,13 +288,13 @@ func batchTables(b *pgcourier.Batch) []tableName {
 	return names
 }
 
-// errRegroup is returned by apply when an optimistic plan met a unique
-// violation: the batch must be applied again with cautious runs.
-var errRegroup = errors.New("a grouped run met a unique violation")
+// errRegroup is returned by apply when an optimistic plan failed in a way
+// the cautious plan might not: the batch must be applied again cautiously.
+var errRegroup = errors.New("the optimistic plan failed")
 
-// apply applies b in one transaction; see Apply. optimistic lets runs
-// group changes whose order another unique index might tell (planRuns).
-func (w *Writer) apply(ctx context.Context, b *pgcourier.Batch, optimistic bool) (Result, error) {
+// apply applies b in one transaction; see Apply. cautious asks for the
+// cautious plan (see planRuns).
+func (w *Writer) apply(ctx context.Context, b *pgcourier.Batch, cautious bool) (Result, error) {
 	origin := pgcourier.OriginName(b.Source)
 	conn, err := w.conns.acquire(ctx)
 	if err != nil {
@@ -363,8 +363,8 @@ func (w *Writer) apply(ctx context.Context, b *pgcourier.Batch, optimistic bool)
 			plans[ch.Rel] = p
 		}
 	}
-	runs := planRuns(b, plans, optimistic)
-	return w.write(ctx, s, b, st, runs)
+	runs, reordered := planRuns(b, plans, cautious)
+	return w.write(ctx, s, b, st, runs, reordered)
 }
 
 // queued is a statement of a batch's second round trip.
@@ -375,7 +375,7 @@ type queued struct {
 
 // write applies the runs, records progress and commits, in one round trip
 // (two when statements must be prepared first).
-func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st started, runs []*run) (Result, error) {
+func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st started, runs []*run, reordered bool) (Result, error) {
 	var q []queued
 	bt := &pgx.Batch{}
 	add := func(r *run, sm stmt, args ...any) {
@@ -481,8 +481,11 @@ func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st s
 	if infrastructure(ferr) {
 		return Result{}, fmt.Errorf("apply %s seq %d: %w", b.Source, b.Seq, ferr)
 	}
-	// unique_violation, where a grouped run might be the cause.
-	if pe := (*pgconn.PgError)(nil); errors.As(ferr, &pe) && pe.Code == "23505" && slices.ContainsFunc(runs, (*run).hazardous) {
+	// The optimistic plan failed: the cautious one may not (planRuns).
+	// unique_violation is what a grouped run may cause; anything the
+	// database refused, what a reordered batch may.
+	if pe := (*pgconn.PgError)(nil); errors.As(ferr, &pe) &&
+		(reordered || pe.Code == "23505" && slices.ContainsFunc(runs, (*run).hazardous)) {
 		return Result{}, errRegroup
 	}
 	be := blockedFrom(ferr, failedRun)

@@ -246,36 +246,119 @@ func (r *run) accepts(c shaped) bool {
 	return false
 }
 
-// planRuns splits the batch's changes into runs, in order. plans maps each
-// relation to its plan.
+// planRuns splits the batch's changes into runs. plans maps each relation
+// to its plan.
 //
-// With optimistic set, inserts and updates of a table with a unique index
-// besides its key share runs too. Applied together, they can only fail
-// where one by one they would not (a row freeing a value another takes
-// within the statement), never succeed differently: every row appears
-// once in a run, so each verdict is the same either way. So the writer
-// applies optimistic runs first and, on a unique violation, applies the
-// batch again without them (see hazardous).
-func planRuns(b *pgcourier.Batch, plans map[*pgcourier.Relation]*relPlan, optimistic bool) []*run {
-	var runs []*run
-	var cur *run
+// Cautious, the changes keep their source order, and inserts and updates
+// of a table with a unique index besides its key go one by one. Otherwise
+// the plan is optimistic in two ways, each of which can only make a batch
+// fail where the cautious plan would not, never succeed differently; so
+// the writer applies the optimistic plan first and, if it fails, the
+// cautious one (see hazardous and reordered):
+//
+//   - such inserts and updates share runs too: applied together they
+//     could trip the other index where one by one they would not (a row
+//     freeing a value another takes), but every row appears once in a run,
+//     so each verdict is the same either way;
+//   - when byTable allows it, the changes are grouped by table, parents
+//     first, keeping their order within each table, so that a batch of
+//     interleaved small transactions becomes a few long runs.
+func planRuns(b *pgcourier.Batch, plans map[*pgcourier.Relation]*relPlan, cautious bool) (runs []*run, reordered bool) {
+	shapes := make([]shaped, 0, b.Rows())
 	pos := int32(0)
 	for ti := range b.Transactions {
 		tx := &b.Transactions[ti]
 		for ci := range tx.Changes {
 			ch := &tx.Changes[ci]
-			c := shape(plans[ch.Rel], item{pos: pos, lsn: tx.CommitLSN, at: tx.CommitTime, ch: ch})
+			shapes = append(shapes, shape(plans[ch.Rel], item{pos: pos, lsn: tx.CommitLSN, at: tx.CommitTime, ch: ch}))
 			pos++
-			if cur != nil && cur.accepts(c) {
-				cur.add(c)
-				continue
-			}
-			cur = start(c, optimistic)
-			runs = append(runs, cur)
 		}
+	}
+	if !cautious {
+		shapes, reordered = byTable(shapes)
+	}
+	var cur *run
+	for _, c := range shapes {
+		if cur != nil && cur.accepts(c) {
+			cur.add(c)
+			continue
+		}
+		cur = start(c, !cautious)
+		runs = append(runs, cur)
 	}
 	for _, r := range runs {
 		r.keys = nil
 	}
-	return runs
+	return runs, reordered
+}
+
+// byTable returns the changes grouped by table: tables whose rows others
+// reference (through foreign keys checked row by row) before those
+// referencing them, otherwise in the order the batch first touches them,
+// and each table's changes in their source order. It reports whether the
+// order changed. It leaves the order alone when grouping could change what
+// the changes do, not only whether they succeed: a TRUNCATE, a delete or
+// key change of a row other tables may reference (a cascade would act at
+// another moment), or foreign keys in a cycle.
+func byTable(shapes []shaped) ([]shaped, bool) {
+	seen := map[*table]bool{}
+	var tables []*table // in order of first appearance
+	for _, c := range shapes {
+		t := c.p.t
+		if c.it.ch.Op == pgcourier.OpTruncate {
+			return shapes, false
+		}
+		if t.Links.Referenced && (c.it.ch.Op == pgcourier.OpDelete || c.keyChange) {
+			return shapes, false
+		}
+		if !seen[t] {
+			seen[t] = true
+			tables = append(tables, t)
+		}
+	}
+	if len(tables) < 2 {
+		return shapes, false
+	}
+	// Parents first: repeatedly take the earliest table none of whose
+	// parents in the batch is still waiting.
+	byOID := map[uint32]*table{}
+	for _, t := range tables {
+		byOID[t.OID] = t
+	}
+	order := map[*table]int{}
+	for len(order) < len(tables) {
+		next := -1
+		for i, t := range tables {
+			if _, done := order[t]; done {
+				continue
+			}
+			ready := true
+			for _, p := range t.Links.Parents {
+				if pt, ok := byOID[p]; ok {
+					if _, done := order[pt]; !done {
+						ready = false
+						break
+					}
+				}
+			}
+			if ready {
+				next = i
+				break
+			}
+		}
+		if next < 0 {
+			return shapes, false // a cycle
+		}
+		order[tables[next]] = len(order)
+	}
+	sorted := slices.Clone(shapes)
+	slices.SortStableFunc(sorted, func(a, b shaped) int { return order[a.p.t] - order[b.p.t] })
+	changed := false
+	for i := range sorted {
+		if sorted[i].it.pos != shapes[i].it.pos {
+			changed = true
+			break
+		}
+	}
+	return sorted, changed
 }

@@ -131,7 +131,8 @@ func TestPlanRuns(t *testing.T) {
 			}
 			var got []string
 			var hazardous []bool
-			for _, r := range planRuns(batch("laptop-07", 1, txs...), plans, tt.optimistic) {
+			runs, _ := planRuns(batch("laptop-07", 1, txs...), plans, !tt.optimistic)
+			for _, r := range runs {
 				var ops strings.Builder
 				for _, it := range r.items {
 					ops.WriteByte(byte(it.ch.Op))
@@ -159,5 +160,102 @@ func TestPlanRelationMissingColumn(t *testing.T) {
 	be, ok := err.(*BlockedError)
 	if !ok || be.Table != "public.t" || be.Column != "witness" || !strings.Contains(be.Hint, `ADD COLUMN "witness" character varying(20)`) {
 		t.Errorf("planRelation = %v, want a BlockedError naming public.t, column witness, with the ALTER TABLE", err)
+	}
+}
+
+// TestPlanRunsByTable checks how an optimistic plan groups a batch of
+// interleaved transactions by table, parents first, and when it keeps the
+// source order.
+func TestPlanRunsByTable(t *testing.T) {
+	const pk = `[{"columns": ["id"], "primary": true, "unique": true}]`
+	linked := func(name string, oid uint32, links string) *table {
+		tb := testTable(t, name, pk)
+		tb.OID = oid
+		if err := tb.link(links); err != nil {
+			t.Fatal(err)
+		}
+		return tb
+	}
+	// visit references subject; requisition references visit; note is
+	// on its own.
+	subject := linked("subject", 1, `{"parents": [], "referenced": true}`)
+	visit := linked("visit", 2, `{"parents": [1], "referenced": true}`)
+	requisition := linked("requisition", 3, `{"parents": [2], "referenced": false}`)
+	tables := map[string]*table{"subject": subject, "visit": visit, "requisition": requisition}
+	rels := map[string]*pgcourier.Relation{}
+	for name := range tables {
+		rels[name] = relation(name, "id integer key", "code text", "note text")
+	}
+	tests := []struct {
+		name      string
+		changes   []pgcourier.Change
+		want      []string // runs, as table:ops
+		reordered bool
+	}{{
+		name: "interleaved enrolments become one run per table, parents first",
+		changes: []pgcourier.Change{
+			ins(rels["requisition"], "9", "a", "x"), // a requisition of an existing visit comes first
+			ins(rels["subject"], "1", "a", "x"), ins(rels["visit"], "1", "a", "x"), ins(rels["requisition"], "1", "a", "x"),
+			ins(rels["subject"], "2", "b", "y"), ins(rels["visit"], "2", "b", "y"), del(rels["requisition"], "1", "NULL", "NULL"),
+			upd(rels["visit"], "3", "c", "z"),
+		},
+		want:      []string{"subject:II", "visit:IIU", "requisition:II", "requisition:D"},
+		reordered: true,
+	}, {
+		name: "a delete of a referenced row keeps the source order",
+		changes: []pgcourier.Change{
+			ins(rels["subject"], "1", "a", "x"), ins(rels["visit"], "1", "a", "x"),
+			del(rels["subject"], "2", "NULL", "NULL"), ins(rels["visit"], "2", "b", "y"),
+		},
+		want: []string{"subject:I", "visit:I", "subject:D", "visit:I"},
+	}, {
+		name:    "one table: nothing to reorder",
+		changes: []pgcourier.Change{ins(rels["visit"], "1", "a", "x"), ins(rels["visit"], "2", "b", "y")},
+		want:    []string{"visit:II"},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			plans := map[*pgcourier.Relation]*relPlan{}
+			for name, r := range rels {
+				p, err := planRelation(r, tables[name], LastWriterWins)
+				if err != nil {
+					t.Fatal(err)
+				}
+				plans[r] = p
+			}
+			var txs []pgcourier.Transaction
+			for i, ch := range tt.changes {
+				txs = append(txs, txn(at(i), ch))
+			}
+			runs, reordered := planRuns(batch("laptop-07", 1, txs...), plans, false)
+			var got []string
+			for _, r := range runs {
+				var ops strings.Builder
+				for _, it := range r.items {
+					ops.WriteByte(byte(it.ch.Op))
+				}
+				got = append(got, r.p.t.Name+":"+ops.String())
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("runs (-want +got):\n%s", diff)
+			}
+			if reordered != tt.reordered {
+				t.Errorf("reordered = %t, want %t", reordered, tt.reordered)
+			}
+			// The cautious plan keeps the source order.
+			cautious, moved := planRuns(batch("laptop-07", 1, txs...), plans, true)
+			pos := int32(0)
+			for _, r := range cautious {
+				for _, it := range r.items {
+					if it.pos != pos {
+						t.Fatalf("cautious plan: change %d at position %d", it.pos, pos)
+					}
+					pos++
+				}
+			}
+			if moved {
+				t.Errorf("cautious plan reports a reordering")
+			}
+		})
 	}
 }
