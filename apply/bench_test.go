@@ -51,7 +51,8 @@ func benchBatch(seq uint64, next func() pgcourier.Change) *pgcourier.Batch {
 //   - mixed: 60% inserts, 30% updates and 10% deletes in random order, so
 //     runs of one operation are short;
 //   - insert-row-by-row: inserts into a table with a second unique
-//     constraint, where every change gets its own statement (pipelined);
+//     constraint, which a cautious plan applies one statement per change;
+//     the writer's optimistic plan groups them all the same;
 //   - copy: the same rows by COPY into a plain table, for comparison: the
 //     ceiling of any apply.
 func BenchmarkApply(b *testing.B) {

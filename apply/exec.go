@@ -478,15 +478,17 @@ func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st s
 	if failed >= 0 && q[failed].stmt.sql == "COMMIT" {
 		failedRun = nil // a deferred constraint: the error names the table
 	}
+	// The optimistic plan failed: the cautious one may not (planRuns). A
+	// fast statement met a change that needs judging; unique_violation is
+	// what a grouped run may cause; anything the database refused, what a
+	// reordered batch may.
+	if pe := (*pgconn.PgError)(nil); errors.As(ferr, &pe) && (pe.Code == fastMissed ||
+		!infrastructure(ferr) && (reordered || slices.ContainsFunc(runs, (*run).fast) ||
+			pe.Code == "23505" && slices.ContainsFunc(runs, (*run).hazardous))) {
+		return Result{}, errRegroup
+	}
 	if infrastructure(ferr) {
 		return Result{}, fmt.Errorf("apply %s seq %d: %w", b.Source, b.Seq, ferr)
-	}
-	// The optimistic plan failed: the cautious one may not (planRuns).
-	// unique_violation is what a grouped run may cause; anything the
-	// database refused, what a reordered batch may.
-	if pe := (*pgconn.PgError)(nil); errors.As(ferr, &pe) &&
-		(reordered || pe.Code == "23505" && slices.ContainsFunc(runs, (*run).hazardous)) {
-		return Result{}, errRegroup
 	}
 	be := blockedFrom(ferr, failedRun)
 	be.server = true

@@ -108,6 +108,20 @@ type run struct {
 	keys map[string]bool // rows the run touches, while it is being built
 }
 
+// fast reports whether the run is applied by the fast statement (see
+// fast): in an optimistic plan, a run of a table with a key that arbitrates
+// inserts, writing the whole key, moving no row to another key, and
+// updating some column.
+func (r *run) fast() bool {
+	if !r.optimistic || r.kind != runJudged || !r.p.keyed || !r.p.arbiter || r.keyChange || len(r.cols) == 0 || !keyWritten(r) {
+		return false
+	}
+	if !r.hasIU {
+		return false
+	}
+	return len(fastSets(r)) > 0
+}
+
 // hazardous reports whether the run groups inserts or updates of a table
 // with another unique index: only an optimistic plan makes such runs.
 func (r *run) hazardous() bool {
@@ -125,7 +139,7 @@ func (r *run) single() bool { return len(r.items) == 1 }
 func (r *run) signature() string {
 	var sb strings.Builder
 	sb.WriteString(r.p.shape)
-	fmt.Fprintf(&sb, "\x00%d%t%t", r.kind, r.keyChange, r.single())
+	fmt.Fprintf(&sb, "\x00%d%t%t%t", r.kind, r.keyChange, r.single(), r.fast())
 	for _, c := range r.cols {
 		sb.WriteString("\x00" + strconv.Itoa(c))
 	}

@@ -159,8 +159,77 @@ func buildStatements(r *run) []stmt {
 		return []stmt{plainInsert(r)}
 	case !r.p.keyed:
 		return []stmt{lockKeyless(r), judged(r)}
+	case r.fast():
+		return []stmt{fast(r)}
 	}
 	return []stmt{judged(r)}
+}
+
+// fastMissed is the SQLSTATE of a fast statement that met a change that
+// needs judging (pgcourier.apply_fast_check).
+const fastMissed = "PGC01"
+
+// fast applies a run whose every change the last-writer rules would let
+// through: inserts of keys that do not exist upstream, updates and deletes
+// of rows this source wrote last. It skips the judging, and fails (with
+// SQLSTATE fastMissed) if any change is not such a change, or a row is not
+// where it should be; only an optimistic plan uses it, so the writer then
+// applies the batch again with judged statements.
+func fast(r *run) stmt {
+	g := gen{scalar: r.single()}
+	t := r.p.t
+	var names, params, sel []string
+	add := func(name, param string) { names = append(names, name); params = append(params, param) }
+	add("pos", g.param(argPos, 0))
+	add("op", g.param(argOp, 0))
+	sel = append(sel, "u.pos", "u.op")
+	for _, c := range r.cols {
+		n := fmt.Sprintf("r%d", c)
+		add(n, g.param(argNew, c))
+		col, _ := t.column(r.p.rel.Columns[c].Name)
+		sel = append(sel, fmt.Sprintf("u.%s::%s AS v%d", n, col.Type, c))
+	}
+	for _, c := range r.p.match {
+		n := fmt.Sprintf("q%d", c)
+		add(n, g.param(argKey, c))
+		col, _ := t.column(r.p.rel.Columns[c].Name)
+		sel = append(sel, fmt.Sprintf("u.%s::%s AS k%d", n, col.Type, c))
+	}
+	g.w("WITH inc AS (\n  SELECT ", strings.Join(sel, ", "), "\n    FROM ")
+	g.rows(names, params)
+	g.w("\n),\n")
+	ours := "(t.xmin = pg_catalog.pg_current_xact_id()::xid OR (pg_catalog.pg_xact_commit_timestamp_origin(t.xmin)).roident = " + g.param(argOrigin, 0) + ")"
+	at := matchCond(r, "inc")
+	g.w("del AS (\n  DELETE FROM ", t.ident, " t USING inc WHERE inc.op = 'D' AND ", at, " AND ", ours, "\n  RETURNING 1\n),\n")
+	g.w("upd AS (\n  UPDATE ", t.ident, " t SET ", strings.Join(fastSets(r), ", "), "\n",
+		"    FROM inc WHERE inc.op = 'U' AND ", at, " AND ", ours, "\n  RETURNING 1\n),\n")
+	var keyCols []string
+	for _, c := range r.p.match {
+		keyCols = append(keyCols, ident(r.p.rel.Columns[c].Name))
+	}
+	cols, vals := insertCols(r, "inc")
+	g.w("ins AS (\n  INSERT INTO ", t.ident, " (", strings.Join(cols, ", "), ")", overriding(r), "\n",
+		"  SELECT ", strings.Join(vals, ", "), " FROM inc WHERE inc.op = 'I' ORDER BY inc.pos\n",
+		"  ON CONFLICT (", strings.Join(keyCols, ", "), ") DO NOTHING\n  RETURNING 1\n)\n")
+	msg := literal(fmt.Sprintf("%s: a change needs judging", t.ident))
+	g.w("SELECT pgcourier.apply_fast_check((SELECT count(*) FROM del) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins) = (SELECT count(*) FROM inc), ", msg, "),\n",
+		"       (SELECT count(*) FROM del) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins), 0::int8")
+	return g.stmt()
+}
+
+// fastSets returns the SET list of the fast statement's updates: every
+// column the run writes but the key and GENERATED ALWAYS identities.
+func fastSets(r *run) []string {
+	var sets []string
+	for _, c := range r.cols {
+		name := r.p.rel.Columns[c].Name
+		col, _ := r.p.t.column(name)
+		if col.Identity == "a" || slices.Contains(r.p.match, c) {
+			continue
+		}
+		sets = append(sets, fmt.Sprintf("%s = inc.v%d", ident(name), c))
+	}
+	return sets
 }
 
 func truncateStmt(r *run) stmt {
