@@ -11,11 +11,12 @@ import (
 	"time"
 )
 
-// TestMain runs the capture contender's child process when the harness
-// started this test binary as one (os.Executable is the test binary here).
+// TestMain runs a contender's child process (capture, a client node, a
+// listener) when the harness started this test binary as one
+// (os.Executable is the test binary here).
 func TestMain(m *testing.M) {
-	if cfg, ok := os.LookupEnv(captureChildEnv); ok {
-		os.Exit(runCaptureChild(cfg))
+	if code, ok := runChild(); ok {
+		os.Exit(code)
 	}
 	os.Exit(m.Run())
 }
@@ -25,7 +26,7 @@ func TestMain(m *testing.M) {
 // full runs.
 func TestQuick(t *testing.T) {
 	if testing.Short() {
-		t.Skip("starts 48 Postgres clusters")
+		t.Skip("starts 72 Postgres clusters")
 	}
 	if os.Getenv("PGCOURIER_TEST_DATABASES") != "" {
 		t.Skip("the benchmark needs local clusters; PGCOURIER_TEST_DATABASES is set")
@@ -70,7 +71,7 @@ func TestQuick(t *testing.T) {
 	}
 
 	for _, w := range workloads {
-		for _, c := range []string{"native", "decode", "capture", "copy"} {
+		for _, c := range []string{"native", "decode", "capture", "copy", "rest", "postgres"} {
 			res, ok := find(rep.Results, w.id, c)
 			if !ok {
 				t.Errorf("no result for %s %s", w.id, c)
@@ -94,7 +95,16 @@ func TestQuick(t *testing.T) {
 			if gotLag := res.LagP50Ms != nil && res.LagP99Ms != nil; gotLag != wantLag {
 				t.Errorf("%s %s: lag p50 %v p99 %v, want lag figures: %v", w.id, c, res.LagP50Ms, res.LagP99Ms, wantLag)
 			}
-			if wantRSS := c == "decode" || c == "capture"; (len(res.PeakRSS) > 0) != wantRSS {
+			if gotLag := res.FlatLagP50Ms != nil && res.FlatLagP99Ms != nil; gotLag != wantLag {
+				t.Errorf("%s %s: flat-out lag p50 %v p99 %v, want lag figures: %v", w.id, c, res.FlatLagP50Ms, res.FlatLagP99Ms, wantLag)
+			}
+			applies := c == "native" || c == "rest" || c == "postgres"
+			if wantFirst := w.backlog && applies; (res.FirstRowMs != nil) != wantFirst {
+				t.Errorf("%s %s: first row %v, want a figure: %v", w.id, c, res.FirstRowMs, wantFirst)
+			} else if wantFirst && *res.FirstRowMs <= 0 {
+				t.Errorf("%s %s: first row %.1f ms after link up, want a positive time", w.id, c, *res.FirstRowMs)
+			}
+			if wantRSS := c != "native" && c != "copy"; (len(res.PeakRSS) > 0) != wantRSS {
 				t.Errorf("%s %s: peak RSS %v, want figures: %v", w.id, c, res.PeakRSS, wantRSS)
 			}
 			if c == "capture" {
@@ -104,6 +114,22 @@ func TestQuick(t *testing.T) {
 				for _, p := range []string{"pgcourier capture", "walsender", "backend"} {
 					if _, ok := res.CPUSecondsBy[p]; !ok {
 						t.Errorf("%s capture: CPU by process %v, want a figure for %s", w.id, res.CPUSecondsBy, p)
+					}
+				}
+			}
+			if c == "rest" || c == "postgres" {
+				procs := []string{"pgcourier client", "walsender", "backend", "apply backend"}
+				if c == "rest" {
+					procs = append(procs, "pgcourier server")
+				}
+				for _, p := range procs {
+					if _, ok := res.CPUSecondsBy[p]; !ok {
+						t.Errorf("%s %s: CPU by process %v, want a figure for %s", w.id, c, res.CPUSecondsBy, p)
+					}
+					if p == "pgcourier client" || p == "pgcourier server" {
+						if res.PeakRSS[p] <= 0 {
+							t.Errorf("%s %s: peak RSS %v, want a figure for %s", w.id, c, res.PeakRSS, p)
+						}
 					}
 				}
 			}
@@ -139,9 +165,9 @@ func TestParseFlags(t *testing.T) {
 		parallel             int
 		workloads, contender string
 	}{
-		{nil, "docs", 1, "W1,W2,W3,W4,W5,W6", "native,decode,capture,copy"},
-		{[]string{"-quick"}, "", 3, "W1,W2,W3,W4,W5,W6", "native,decode,capture,copy"},
-		{[]string{"-quick", "-out", "x", "-parallel", "1"}, "x", 1, "W1,W2,W3,W4,W5,W6", "native,decode,capture,copy"},
+		{nil, "docs", 1, "W1,W2,W3,W4,W5,W6,W7,W8", "native,decode,capture,copy,rest,postgres"},
+		{[]string{"-quick"}, "", 3, "W1,W2,W3,W4,W5,W6,W7,W8", "native,decode,capture,copy,rest,postgres"},
+		{[]string{"-quick", "-out", "x", "-parallel", "1"}, "x", 1, "W1,W2,W3,W4,W5,W6,W7,W8", "native,decode,capture,copy,rest,postgres"},
 		{[]string{"-workloads", "w3, W1", "-contenders", "copy,native"}, "docs", 1, "W1,W3", "native,copy"},
 	} {
 		o, err := parseFlags(tc.args)

@@ -5,15 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/url"
 	"os"
-	"os/exec"
 	"os/signal"
 	"runtime/pprof"
 	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -38,11 +37,9 @@ const (
 	captureAppName = "pgcourier-bench-capture"
 	// captureChildEnv, when set, makes the bench binary (or the test
 	// binary, see TestMain) run only a capturer configured by the
-	// captureConfig in it, as JSON, until SIGTERM.
+	// captureConfig in it, as JSON, until SIGTERM; with a router shipping
+	// its outbox when the configuration names a route.
 	captureChildEnv = "PGCOURIER_BENCH_CAPTURE"
-	// captureStopWait is how long close waits for the capture process to
-	// stop after SIGTERM before it kills it.
-	captureStopWait = 5 * time.Second
 )
 
 // outboxCapture is pgcourier's capture: a capturer in a process of its own
@@ -59,11 +56,7 @@ type outboxCapture struct {
 	reader outboxReader
 	want   int64 // row changes of the stretches waited for
 	meter  meter
-
-	cmd    *exec.Cmd
-	stderr lockedBuffer
-	exited chan struct{} // closed once the capture process exited
-	exit   error         // its exit status, readable after exited
+	proc   *child // the capture process, once started
 }
 
 var _ contender = (*outboxCapture)(nil)
@@ -71,9 +64,7 @@ var _ contender = (*outboxCapture)(nil)
 func (c *outboxCapture) live() bool { return true }
 
 // prepare creates the pgcourier schema, the publication and the slot, so
-// that the changes from now on wait for the capture. Rows that exist
-// already (W3's seed) are on the target too, so their initial snapshot is
-// marked done, as native subscribes with copy_data = false.
+// that the changes from now on wait for the capture.
 func (c *outboxCapture) prepare(ctx context.Context, e *env) error {
 	c.e = e
 	c.reader.seen = map[int64]outboxMark{}
@@ -81,95 +72,72 @@ func (c *outboxCapture) prepare(ctx context.Context, e *env) error {
 	if c.conn, err = pgx.Connect(ctx, e.srcURL); err != nil {
 		return fmt.Errorf("set up capture: %w", err)
 	}
-	if _, err := schema.Migrate(ctx, c.conn); err != nil {
+	return setupCapture(ctx, c.conn, e)
+}
+
+// setupCapture creates the pgcourier schema, the publication and the slot
+// of pgcourier's capture on the source conn is connected to. Rows that
+// exist already (W3's seed) are on the target too, so their initial
+// snapshot is marked done, as native subscribes with copy_data = false.
+func setupCapture(ctx context.Context, conn *pgx.Conn, e *env) error {
+	if _, err := schema.Migrate(ctx, conn); err != nil {
 		return fmt.Errorf("set up capture: %w", err)
 	}
-	_, err = capture.Setup(ctx, c.conn, capture.SetupOptions{Slot: captureSlot, Publication: captureSlot, Tables: c.tables()})
+	_, err := capture.Setup(ctx, conn, capture.SetupOptions{Slot: captureSlot, Publication: captureSlot, Tables: captureTables(e)})
 	if err != nil {
 		return fmt.Errorf("set up capture: %w", err)
 	}
-	if _, err := c.conn.Exec(ctx, "UPDATE pgcourier.snapshot_progress SET done = true, updated_at = now() WHERE slot = $1", captureSlot); err != nil {
+	if _, err := conn.Exec(ctx, "UPDATE pgcourier.snapshot_progress SET done = true, updated_at = now() WHERE slot = $1", captureSlot); err != nil {
 		return fmt.Errorf("set up capture: skip the snapshot of the seed rows: %w", err)
 	}
 	return nil
 }
 
-// tables selects the workload's tables and the marker table.
-func (c *outboxCapture) tables() pgcourier.TableFilter {
+// captureTables selects the workload's tables and the marker table.
+func captureTables(e *env) pgcourier.TableFilter {
 	var f pgcourier.TableFilter
-	for _, t := range slices.Concat(c.e.tables, []string{markerTable}) {
+	for _, t := range slices.Concat(e.tables, []string{markerTable}) {
 		f.Include = append(f.Include, "public."+t)
 	}
 	return f
 }
 
-// start runs the capture process and returns once its walsender streams.
-func (c *outboxCapture) start(ctx context.Context) error {
-	exe, err := os.Executable()
+// newCaptureConfig returns the configuration of a capture process on the
+// source of e.
+func newCaptureConfig(e *env) (captureConfig, error) {
+	db, err := url.Parse(e.srcURL)
 	if err != nil {
-		return fmt.Errorf("start capture: %w", err)
-	}
-	db, err := url.Parse(c.e.srcURL)
-	if err != nil {
-		return fmt.Errorf("start capture: %w", err)
+		return captureConfig{}, err
 	}
 	q := db.Query()
 	q.Set("application_name", captureAppName)
 	db.RawQuery = q.Encode()
-	cfg, err := json.Marshal(captureConfig{
+	return captureConfig{
 		Database:    db.String(),
 		Slot:        captureSlot,
 		Publication: captureSlot,
-		Tables:      c.tables().Include,
-		CPUProfile:  c.e.cpuProfile,
-	})
+		Tables:      captureTables(e).Include,
+		CPUProfile:  e.cpuProfile,
+	}, nil
+}
+
+// start runs the capture process and returns once its walsender streams.
+func (c *outboxCapture) start(ctx context.Context) error {
+	cfg, err := newCaptureConfig(c.e)
 	if err != nil {
 		return fmt.Errorf("start capture: %w", err)
 	}
-	c.cmd = exec.Command(exe)
-	c.cmd.Env = append(clientEnv(), captureChildEnv+"="+string(cfg))
-	c.cmd.Stderr = &c.stderr
-	// Should the harness die, so does the capture.
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := c.cmd.Start(); err != nil {
-		return fmt.Errorf("start capture: %w", err)
+	if c.proc, err = startChild("capture", captureChildEnv, cfg); err != nil {
+		return err
 	}
-	c.exited = make(chan struct{})
-	go func() {
-		c.exit = c.cmd.Wait()
-		close(c.exited)
-	}()
-	if err := c.meter.addProc(c.cmd.Process.Pid, "pgcourier capture", true); err != nil {
+	if err := c.meter.addProc(c.proc.pid(), "pgcourier capture", true); err != nil {
 		return err
 	}
 	err = poll(ctx, 2*time.Millisecond, func() (bool, error) {
 		if err := c.exitErr(); err != nil {
 			return false, err
 		}
-		var walsender *int32
-		err := c.conn.QueryRow(ctx, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", captureSlot).Scan(&walsender)
-		if err != nil || walsender == nil {
-			return false, err
-		}
-		if err := c.meter.addProc(int(*walsender), "walsender", false); err != nil {
-			return false, err
-		}
-		// The outbox writer connected before the walsender; the snapshot
-		// reader, idle here, may not have yet and may go uncounted.
-		rows, err := c.conn.Query(ctx, "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND backend_type = 'client backend'", captureAppName)
-		if err != nil {
-			return false, err
-		}
-		pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
-		if err != nil {
-			return false, err
-		}
-		for _, pid := range pids {
-			if err := c.meter.addProc(int(pid), "backend", false); err != nil {
-				return false, err
-			}
-		}
-		return true, nil
+		return trackCapture(ctx, c.conn, &c.meter)
 	})
 	if err != nil {
 		return fmt.Errorf("wait for the capture to stream: %w", err)
@@ -177,22 +145,59 @@ func (c *outboxCapture) start(ctx context.Context) error {
 	return nil
 }
 
+// trackCapture finds the walsender of pgcourier's capture and the backends
+// of its ordinary connections and, once the walsender streams, adds them to
+// m and reports true. The outbox writer connects before the walsender; the
+// snapshot reader, idle here, may not have yet and may go uncounted.
+func trackCapture(ctx context.Context, conn *pgx.Conn, m *meter) (bool, error) {
+	var walsender *int32
+	err := conn.QueryRow(ctx, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", captureSlot).Scan(&walsender)
+	if err != nil || walsender == nil {
+		return false, err
+	}
+	if err := m.addProc(int(*walsender), "walsender", false); err != nil {
+		return false, err
+	}
+	if err := trackBackends(ctx, conn, m, "backend", captureAppName); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// trackBackends adds to m, under label, the client backends on conn's
+// server whose application_name is one of names. A backend that exits
+// before it is read is left out.
+func trackBackends(ctx context.Context, conn *pgx.Conn, m *meter, label string, names ...string) error {
+	rows, err := conn.Query(ctx, "SELECT pid FROM pg_stat_activity WHERE application_name = ANY($1) AND backend_type = 'client backend'", names)
+	if err != nil {
+		return err
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		return err
+	}
+	for _, pid := range pids {
+		if err := m.addProc(int(pid), label, false); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
 // exitErr reports a capture process that has exited, with what it said.
 func (c *outboxCapture) exitErr() error {
-	select {
-	case <-c.exited:
-		return fmt.Errorf("capture exited (%v): %s", c.exit, strings.TrimSpace(c.stderr.String()))
-	default:
+	if c.proc == nil {
 		return nil
 	}
+	return c.proc.err()
 }
 
 // wait follows the outbox until the marker's insert is in it and checks
 // that exactly the stretch's changes came before it.
 func (c *outboxCapture) wait(ctx context.Context, s stretch) (arrival, error) {
-	c.reader.lagLo, c.reader.lagHi = 1, 0
+	c.reader.lagLo, c.reader.lagHi, c.reader.lagEvery = 1, 0, 1
 	if s.lag {
-		c.reader.lagLo, c.reader.lagHi = s.lagLo, s.lagHi
+		c.reader.lagLo, c.reader.lagHi, c.reader.lagEvery = s.lagLo, s.lagHi, s.lagEvery
 	}
 	var m outboxMark
 	err := poll(ctx, 5*time.Millisecond, func() (bool, error) {
@@ -215,8 +220,8 @@ func (c *outboxCapture) wait(ctx context.Context, s stretch) (arrival, error) {
 	c.want += s.changes
 	a := arrival{at: m.at, rows: m.changes}
 	if s.lag {
-		if n := int64(len(m.lags)); n != s.lagHi-s.lagLo+1 {
-			return arrival{}, fmt.Errorf("read lags: %d of subjects %d to %d in the outbox", n, s.lagLo, s.lagHi)
+		if n := int64(len(m.lags)); n != s.lagSample() {
+			return arrival{}, fmt.Errorf("read lags: %d of %d subjects sampled from %d to %d in the outbox", n, s.lagSample(), s.lagLo, s.lagHi)
 		}
 		a.lags = m.lags
 	}
@@ -254,20 +259,13 @@ func (c *outboxCapture) check(ctx context.Context) error {
 	return nil
 }
 
-// close stops the capture process (SIGTERM, then SIGKILL after
-// captureStopWait) and drops the slot.
+// close stops the capture process and drops the slot.
 func (c *outboxCapture) close(ctx context.Context) error {
 	if c.e == nil {
 		return nil
 	}
-	if c.exited != nil {
-		c.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-c.exited:
-		case <-time.After(captureStopWait):
-			c.cmd.Process.Kill()
-			<-c.exited
-		}
+	if c.proc != nil {
+		c.proc.stop()
 	}
 	if c.conn != nil {
 		c.conn.Close(ctx)
@@ -285,10 +283,11 @@ type outboxReader struct {
 	total   int64                // row changes read, markers excluded
 	bytes   int64                // payload bytes read
 	changes int64                // row changes since the last marker
-	// lagLo and lagHi select the subjects whose lag to take; none when
+	// lagLo and lagHi select the subjects whose lag to take, every
+	// lagEvery-th from lagLo on (every one when lagEvery is 0); none when
 	// lagLo > lagHi.
-	lagLo, lagHi int64
-	lags         []time.Duration // lags taken since the last marker
+	lagLo, lagHi, lagEvery int64
+	lags                   []time.Duration // lags taken since the last marker
 }
 
 // outboxMark is what the reader knows when it read a marker.
@@ -372,7 +371,7 @@ func (r *outboxReader) lag(ch *pgcourier.Change, at time.Time) error {
 	if err != nil {
 		return fmt.Errorf("subject id: %w", err)
 	}
-	if id < r.lagLo || id > r.lagHi {
+	if id < r.lagLo || id > r.lagHi || (id-r.lagLo)%max(r.lagEvery, 1) != 0 {
 		return nil
 	}
 	created, err := parseTimestamptz(columnText(ch, "created_at"))
@@ -417,12 +416,16 @@ type captureConfig struct {
 	Publication string   `json:"publication"`
 	Tables      []string `json:"tables"` // include patterns, schema.table
 	CPUProfile  string   `json:"cpu_profile,omitempty"`
+	// Route, when set, makes the process a client node: a router ships
+	// the outbox along this route, woken by every batch appended.
+	Route *routeConfig `json:"route,omitempty"`
 }
 
-// runCaptureChild runs a capturer configured by cfg (captureConfig as JSON)
-// until SIGTERM or SIGINT, with default options otherwise, logging warnings
-// and errors to stderr. With a CPU profile asked for, it profiles itself
-// until then. It returns the process's exit code.
+// runCaptureChild runs a capturer configured by cfg (captureConfig as JSON),
+// and a router if it names a route, until SIGTERM or SIGINT, with default
+// options otherwise, logging warnings and errors to stderr. With a CPU
+// profile asked for, it profiles itself until then. It returns the
+// process's exit code.
 func runCaptureChild(cfg string) int {
 	var c captureConfig
 	if err := json.Unmarshal([]byte(cfg), &c); err != nil {
@@ -431,34 +434,52 @@ func runCaptureChild(cfg string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if c.CPUProfile != "" {
-		f, err := os.Create(c.CPUProfile)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "capture:", err)
-			return 1
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintln(os.Stderr, "capture:", err)
-			return 1
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startProfile(c.CPUProfile)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "capture:", err)
+		return 1
 	}
+	defer stopProfile()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cp, err := capture.New(capture.Options{
+	opts := capture.Options{
 		Node:        captureNode,
 		Database:    c.Database,
 		Slot:        c.Slot,
 		Publication: c.Publication,
 		Tables:      pgcourier.TableFilter{Include: c.Tables},
-		Logger:      log,
-	})
-	if err == nil {
-		err = cp.Run(ctx)
+		Logger:      log.With("part", "capture"),
+	}
+	if c.Route != nil {
+		err = runClientNode(ctx, opts, *c.Route, log)
+	} else {
+		var cp *capture.Capturer
+		if cp, err = capture.New(opts); err == nil {
+			err = cp.Run(ctx)
+		}
 	}
 	if err != nil && !errors.Is(err, context.Canceled) {
 		fmt.Fprintln(os.Stderr, "capture:", err)
 		return 1
 	}
 	return 0
+}
+
+// startProfile starts a CPU profile of this process into path, if set, and
+// returns the function that ends it.
+func startProfile(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

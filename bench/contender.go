@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -16,19 +17,21 @@ import (
 // clusters, schema and seed rows in place) and drives it so:
 //
 //	live:     prepare, start, [workload, marker, wait] per stretch, check, close
-//	backlog:  prepare, workload, marker, start, wait, check, close
+//	backlog:  prepare, workload, marker, [filled], start, wait, check, close
 //
 // with usage read around the timed stretch. The timed window runs from the
 // workload's first statement (live) or from just before start (backlog) to
 // the moment wait reports. Live is used when the contender can replicate
 // while the workload runs and the workload is not a backlog one (W5, W6).
+// filled is called only on a contender that captures while its link is
+// down (see backlogFiller).
 //
-// A pgcourier route becomes a contender by implementing these methods and
-// adding an entry to contenders: prepare runs `pgcourier init` and starts
-// the capturing node (so a backlog fills its outbox while the upstream is
-// out of reach), start starts the upstream or lets the route reach it, wait
-// is e.waitMarker (plus e.targetLags), check is e.check, and usage comes
-// from a meter tracking its processes and connections.
+// pgcourier's routes (route.go) are contenders like the others: prepare
+// sets up both nodes and starts the capturing one behind a link that is
+// down (a relay in the harness), so a backlog fills its outbox; start
+// brings the link up; wait is e.waitMarker and e.arrived, check is
+// e.check, and usage comes from a meter tracking its processes and
+// connections, with the relay's byte count as wire bytes.
 type contender interface {
 	// live reports whether the contender can replicate while the workload
 	// runs. One that cannot (copy) runs every workload as a backlog.
@@ -67,9 +70,22 @@ type stretch struct {
 	marker  int64 // id of the marker row in bench_marker
 	changes int64 // row changes the workload committed in the stretch
 	// lag, when set, asks for the per-row lag of the subjects lagLo to
-	// lagHi (the stretch's rows).
+	// lagHi (the stretch's rows), or of every lagEvery-th of them from
+	// lagLo on, for a sample of a long stretch.
 	lag          bool
 	lagLo, lagHi int64
+	lagEvery     int64
+	// since, when set, asks when the first row applied at the target at or
+	// after it arrived there: it is when the link came up in backlog mode.
+	since time.Time
+}
+
+// lagSample returns how many subjects the stretch asks the lag of.
+func (s stretch) lagSample() int64 {
+	if !s.lag || s.lagHi < s.lagLo {
+		return 0
+	}
+	return (s.lagHi-s.lagLo)/max(s.lagEvery, 1) + 1
 }
 
 // arrival is what a contender reports about a stretch once it arrived.
@@ -82,6 +98,21 @@ type arrival struct {
 	rows int64
 	// lags holds the per-row lag when the stretch asked for it.
 	lags []time.Duration
+	// first is when the first row applied at the target since the
+	// stretch's since arrived, for a contender that applies there; zero
+	// otherwise.
+	first time.Time
+}
+
+// backlogFiller is a contender that captures while its link is down, as
+// pgcourier's client node does into its outbox. In backlog mode the harness
+// waits, before it brings the link up, until the stretch is captured: the
+// catch-up then ships a full outbox, as after a day offline, and does not
+// wait for capture.
+type backlogFiller interface {
+	// filled returns once every change of the stretch, and its marker, is
+	// captured and waits for the link.
+	filled(ctx context.Context, s stretch) error
 }
 
 // contenderEntry names a contender and says what it is.
@@ -92,8 +123,7 @@ type contenderEntry struct {
 }
 
 // contenders lists every contender in report order; native comes first as
-// every ratio is taken against it. pgcourier's capture is here; its routes
-// are added as the apply and ship work lands.
+// every ratio is taken against it.
 var contenders = []contenderEntry{
 	{
 		name:  "native",
@@ -121,6 +151,22 @@ var contenders = []contenderEntry{
 			"workload as a backlog and has no lag.",
 		make: func() contender { return &bulkCopy{} },
 	},
+	{
+		name: "rest",
+		about: "pgcourier's REST route end to end, with default options: on the source a client node in a process of its own " +
+			"(pgcourier's capture, and a router shipping the outbox along one REST route, woken by every batch appended); on the " +
+			"target a second process listening on 127.0.0.1 (`rest.Server` serving `rest.Handler` in front of an `apply.Writer` " +
+			"with the default conflict policy), which applies every batch in one transaction. Between them a relay in the harness " +
+			"is the link: down (it accepts and closes every connection) until the link comes up, and counting the bytes it forwards. " +
+			"The client runs from the start, so in backlog mode the outbox fills while the link is down.",
+		make: func() contender { return &route{kind: routeREST} },
+	},
+	{
+		name: "postgres",
+		about: "pgcourier's postgres route: the same client node, its one route an `apply.Route` applying the batches straight " +
+			"into the target database over Postgres connections, through a relay of its own; no listener.",
+		make: func() contender { return &route{kind: routePostgres} },
+	},
 }
 
 // env is one scenario's world as a contender sees it: fresh source and
@@ -145,8 +191,9 @@ func conninfo(host string, port int) string {
 // waitMarker polls the target until marker row id exists and returns its
 // applied_at: when the row was written there, which bounds every change
 // committed on the source before the marker, as changes arrive in commit
-// order.
-func (e *env) waitMarker(ctx context.Context, id int64) (time.Time, error) {
+// order. watch, if set, is called before every poll; its error ends the
+// wait.
+func (e *env) waitMarker(ctx context.Context, id int64, watch func() error) (time.Time, error) {
 	conn, err := pgx.Connect(ctx, e.dstURL)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("wait for marker: %w", err)
@@ -154,6 +201,11 @@ func (e *env) waitMarker(ctx context.Context, id int64) (time.Time, error) {
 	defer conn.Close(context.WithoutCancel(ctx))
 	var at time.Time
 	err = poll(ctx, 5*time.Millisecond, func() (bool, error) {
+		if watch != nil {
+			if err := watch(); err != nil {
+				return false, err
+			}
+		}
 		err := conn.QueryRow(ctx, "SELECT applied_at FROM bench_marker WHERE id = $1", id).Scan(&at)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return false, nil
@@ -166,6 +218,23 @@ func (e *env) waitMarker(ctx context.Context, id int64) (time.Time, error) {
 	return at, nil
 }
 
+// arrived completes the arrival of stretch s, whose marker was applied at
+// the target at at: the lags and the first row the stretch asks for, read
+// from the target.
+func (e *env) arrived(ctx context.Context, s stretch, at time.Time) (arrival, error) {
+	a := arrival{at: at, rows: s.changes}
+	var err error
+	if s.lag {
+		if a.lags, err = e.targetLags(ctx, s); err != nil {
+			return a, err
+		}
+	}
+	if !s.since.IsZero() {
+		a.first, err = e.firstApplied(ctx, s.since)
+	}
+	return a, err
+}
+
 // targetLags returns applied_at - created_at on the target of the subjects
 // the stretch asks about.
 func (e *env) targetLags(ctx context.Context, s stretch) ([]time.Duration, error) {
@@ -175,7 +244,7 @@ func (e *env) targetLags(ctx context.Context, s stretch) ([]time.Duration, error
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	rows, err := conn.Query(ctx, `SELECT (extract(epoch FROM applied_at - created_at) * 1e6)::bigint
-FROM subject WHERE id BETWEEN $1 AND $2`, s.lagLo, s.lagHi)
+FROM subject WHERE id BETWEEN $1 AND $2 AND (id - $1) % $3 = 0`, s.lagLo, s.lagHi, max(s.lagEvery, 1))
 	if err != nil {
 		return nil, fmt.Errorf("read lags: %w", err)
 	}
@@ -183,14 +252,37 @@ FROM subject WHERE id BETWEEN $1 AND $2`, s.lagLo, s.lagHi)
 	if err != nil {
 		return nil, fmt.Errorf("read lags: %w", err)
 	}
-	if int64(len(us)) != s.lagHi-s.lagLo+1 {
-		return nil, fmt.Errorf("read lags: %d of subjects %d to %d on the target", len(us), s.lagLo, s.lagHi)
+	if int64(len(us)) != s.lagSample() {
+		return nil, fmt.Errorf("read lags: %d of %d subjects sampled from %d to %d on the target", len(us), s.lagSample(), s.lagLo, s.lagHi)
 	}
 	lags := make([]time.Duration, len(us))
 	for i, v := range us {
 		lags[i] = time.Duration(v) * time.Microsecond
 	}
 	return lags, nil
+}
+
+// firstApplied returns the earliest applied_at at or after since among the
+// rows of the workload's tables and the marker table on the target: when
+// the first row the link carried after it came up was written there.
+func (e *env) firstApplied(ctx context.Context, since time.Time) (time.Time, error) {
+	conn, err := pgx.Connect(ctx, e.dstURL)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read first row applied: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var first time.Time
+	for _, t := range slices.Concat(e.tables, []string{markerTable}) {
+		var at *time.Time
+		err := conn.QueryRow(ctx, "SELECT min(applied_at) FROM "+pgx.Identifier{t}.Sanitize()+" WHERE applied_at >= $1", since).Scan(&at)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("read first row applied: %w", err)
+		}
+		if at != nil && (first.IsZero() || at.Before(first)) {
+			first = *at
+		}
+	}
+	return first, nil
 }
 
 // check compares every table the workload writes on the target with the

@@ -1,8 +1,9 @@
 // Command bench measures how fast changes travel from one Postgres to
 // another: Postgres's own logical replication (the baseline), the ceilings
-// of decoding (pg_recvlogical) and of loading (COPY), and pgcourier's routes
-// as they land, side by side on fresh clusters in one run, so that every
-// claim is a ratio measured on the same machine at the same time.
+// of decoding (pg_recvlogical) and of loading (COPY), pgcourier's capture,
+// and pgcourier's REST and postgres routes end to end, side by side on
+// fresh clusters in one run, so that every claim is a ratio measured on the
+// same machine at the same time.
 //
 // Usage, from the module root:
 //
@@ -42,8 +43,8 @@ type options struct {
 }
 
 func main() {
-	if cfg, ok := os.LookupEnv(captureChildEnv); ok {
-		os.Exit(runCaptureChild(cfg))
+	if code, ok := runChild(); ok {
+		os.Exit(code)
 	}
 	opts, err := parseFlags(os.Args[1:])
 	if err != nil {

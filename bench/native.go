@@ -82,15 +82,11 @@ func (c *native) start(ctx context.Context) error {
 }
 
 func (c *native) wait(ctx context.Context, s stretch) (arrival, error) {
-	at, err := c.e.waitMarker(ctx, s.marker)
+	at, err := c.e.waitMarker(ctx, s.marker, nil)
 	if err != nil {
 		return arrival{}, err
 	}
-	a := arrival{at: at, rows: s.changes}
-	if s.lag {
-		a.lags, err = c.e.targetLags(ctx, s)
-	}
-	return a, err
+	return c.e.arrived(ctx, s, at)
 }
 
 func (c *native) usage() (usage, error) { return c.meter.sample() }

@@ -213,8 +213,8 @@ func writeFile(path string, data []byte) error {
 
 // columns of the results table.
 var tableHeader = []string{
-	"Workload", "Contender", "Mode", "Rows", "Offered rows/s", "Rows/s", "× native", "Time (s)",
-	"Lag p50 (ms)", "Lag p99 (ms)", "CPU s / M rows", "Peak RSS (MiB)", "Wire B/row", "Load",
+	"Workload", "Contender", "Mode", "Rows", "Offered rows/s", "Rows/s", "× native", "Time (s)", "First row (ms)",
+	"Lag p50 (ms)", "Lag p99 (ms)", "Flat-out lag p99 (ms)", "CPU s / M rows", "Peak RSS (MiB)", "Wire B/row", "Load",
 }
 
 const dash = "—"
@@ -241,8 +241,10 @@ func (r *report) tableRow(res result) []string {
 		commas(res.RowsPerS),
 		fixed(res.VsNative, 2),
 		strconv.FormatFloat(res.Seconds, 'f', 2, 64),
+		fixed(res.FirstRowMs, 0),
 		fixed(res.LagP50Ms, 1),
 		fixed(res.LagP99Ms, 1),
+		fixed(res.FlatLagP99Ms, 1),
 		fixed(res.CPUPerMRows, 1),
 		rssCell(res.PeakRSS),
 		fixed(res.WireBytesPerRow, 0),
@@ -323,7 +325,27 @@ func (r *report) notes(p func(string, ...any)) {
 		}
 		p("other workloads have no lag column (they run flat out or as a backlog).\n")
 	}
-	p("- Peak RSS: only for contenders that run processes of their own (pg_recvlogical; pgcourier); native and copy work inside Postgres backends.\n")
+	var flat []string
+	for _, res := range r.Results {
+		if res.FlatLagP50Ms != nil && res.FlatLagP99Ms != nil {
+			flat = append(flat, fmt.Sprintf("%s %s p50 %.1f ms, p99 %.1f ms", res.Workload, res.Contender, *res.FlatLagP50Ms, *res.FlatLagP99Ms))
+		}
+	}
+	if len(flat) > 0 {
+		p("- Flat-out lag: the lag of about %s rows sampled evenly across W1's timed stretch, committed as fast as the clients go (see Method): %s.\n",
+			commas(flatLagSamples), strings.Join(flat, "; "))
+	}
+	var first []string
+	for _, res := range r.Results {
+		if res.FirstRowMs != nil {
+			first = append(first, fmt.Sprintf("%s %s %s ms", res.Workload, res.Contender, commas(*res.FirstRowMs)))
+		}
+	}
+	if len(first) > 0 {
+		p("- First row: in backlog mode, from link up to the first row applied at the target: %s. ", strings.Join(first, "; "))
+		p("pgcourier's router probes a route it could not reach every second (±20 %%), so its first row comes within about 1.2 s of link up plus one delivery.\n")
+	}
+	p("- Peak RSS: only for contenders that run processes of their own (pg_recvlogical; pgcourier's capture, client and server); native and copy work inside Postgres backends.\n")
 	p("- × native: rows/s over native's rows/s for the same workload in this run. Copy's rows are final row images (see Method), not changes.\n")
 	for _, res := range r.Results {
 		if res.SpillBytes > 0 {
@@ -350,35 +372,43 @@ func (r *report) method(p func(string, ...any)) {
 	p("everything else default), creates the same edc-like tables on both — subject, consent, visit with about 300 bytes of jsonb ")
 	p("form data, requisition, with the foreign keys and indexes a Django app would have — plus a marker table, and closes both ")
 	p("clusters afterwards, also on failure or Ctrl-C. The target's tables carry one extra column, ")
-	p("`applied_at timestamptz DEFAULT clock_timestamp()`, which native logical replication fills with its default as it applies a row. ")
+	p("`applied_at timestamptz DEFAULT clock_timestamp()`, which native logical replication fills with its default as it applies a row, ")
+	p("and so does pgcourier's applier: its batches carry the source's columns only. ")
 	p("Scenarios run one after another (a -quick run overlaps three at a time, see `-parallel`).\n\n")
 
 	p("### Workloads\n\n")
 	for _, w := range r.Workloads {
 		p("- **%s %s** (%s rows): %s\n", w.ID, w.Title, commas(float64(r.Sizes.RowsByWorkload[w.ID])), w.About)
 	}
-	p("\nClients: %d for W1, W3, W4, W5, %d for W2 (%d-row transactions). ", r.Sizes.Clients, r.Sizes.Importers, r.Sizes.ImportTxRows)
+	p("\nClients: %d for W1, W3, W4, W5, W7, %d for W2 and W8 (%d-row transactions). ", r.Sizes.Clients, r.Sizes.Importers, r.Sizes.ImportTxRows)
 	p("Each client is a connection of its own sending one transaction at a time; row values are computed by the source from the row's id.\n\n")
 
 	p("### Contenders\n\n")
 	for _, c := range r.Contenders {
 		p("- **%s**: %s\n", c.Name, c.About)
 	}
-	p("\npgcourier's routes (REST, postgres) arrive with the apply and ship work; each becomes a contender as capture did, by ")
-	p("implementing the small `contender` interface in `bench/contender.go` (prepare with the link down, start, wait for a marker, ")
-	p("usage, check, close) and adding one entry to the `contenders` list; the table, the ratios and the JSON follow.\n\n")
+	p("\npgcourier's processes are the bench binary started again in a child mode (`bench/child.go`), built from the packages ")
+	p("`pgcourier run` wires (`capture`, `router`, `router/rest`, `apply`), with the schema migrated on both clusters and the target ")
+	p("registered as node `bench-server`. The link of both routes is a relay in the harness (`bench/relay.go`) between the client ")
+	p("node and its receiver: while the link is down it accepts every connection and closes it at once, which the router sees as ")
+	p("its receiver unreachable; once up it forwards every new connection. The relay is a real hop: each chunk costs the harness a ")
+	p("read and a write, and the small delay of a local forward, which pgcourier pays and native does not (native's replication ")
+	p("connection goes straight to the source).\n\n")
 
 	p("### Modes\n\n")
 	p("- **live**: the contender replicates while the workload runs flat out. Timed from the workload's first statement to the arrival ")
 	p("of the last row; so a contender that keeps up shows the workload's own pace (\"Offered rows/s\"), and one that falls behind less.\n")
 	p("- **backlog**: the slot or subscription exists with the link down while the workload runs; then the link comes up ")
-	p("(`ALTER SUBSCRIPTION … ENABLE`, pg_recvlogical or pgcourier's capture process starts). Timed from link up to the arrival of the ")
-	p("last row: the catch-up. W5 and W6 always run this way, and copy runs every workload this way.\n\n")
+	p("(`ALTER SUBSCRIPTION … ENABLE`, pg_recvlogical or pgcourier's capture process starts, the relay of pgcourier's routes ")
+	p("starts forwarding). Timed from link up to the arrival of the last row: the catch-up. W5 to W8 always run this way, and copy ")
+	p("runs every workload this way. pgcourier's routes capture throughout, as a laptop does offline: the harness waits until ")
+	p("the outbox holds the workload and its marker before the link comes up, so their catch-up is the shipping and applying of ")
+	p("a full outbox; their Offered rows/s is the workload's pace with capture running beside it.\n\n")
 
 	p("### Measures\n\n")
 	p("- **Last row arrived**: after the workload a marker row is committed on the source. Changes arrive in commit order, ")
-	p("so once the marker is at the target, every insert, update and delete before it is too. Native: the marker's `applied_at` ")
-	p("on the target (polled every 5 ms, the time itself comes from the row). Decode: the moment the harness read the marker's commit ")
+	p("so once the marker is at the target, every insert, update and delete before it is too. Native, rest and postgres: the ")
+	p("marker's `applied_at` on the target (polled every 5 ms, the time itself comes from the row). Decode: the moment the harness read the marker's commit ")
 	p("from pg_recvlogical's output; the harness also checks that exactly the workload's row changes came before it. ")
 	p("Capture: the `created_at` of the outbox row whose batch holds the marker's insert, which is `now()` of the outbox transaction: ")
 	p("taken after the batch is encoded and before its two statements and commit, as native's `applied_at` is taken before the ")
@@ -393,13 +423,28 @@ func (r *report) method(p func(string, ...any)) {
 	p("`clock_timestamp()` at insert; both clusters read the same clock); for decode, the time the harness read the transaction's ")
 	p("commit minus its commit timestamp (single-row transactions, so within microseconds of created_at); for capture, the ")
 	p("`created_at` of the row's outbox batch minus the row's created_at as captured, which includes the time capture waits for ")
-	p("more transactions before it closes a batch (`MaxBatchDelay`, 100 ms by default). pg_recvlogical writes ")
+	p("more transactions before it closes a batch (`MaxBatchDelay`, 100 ms by default); for rest and postgres, ")
+	p("`applied_at - created_at` on the target as for native, so capture's batch delay, the router, the link and the apply ")
+	p("transaction all count. pg_recvlogical writes ")
 	p("to a file the harness follows, looking again every 0.25 ms when it has read everything, which adds up to 0.25 ms; a pipe ")
 	p("would wake the harness for every message and made pg_recvlogical two to three times slower here.\n")
+	p("- **Flat-out lag p99**: the same lag, measured in W1's timed stretch, while the clients commit as fast as they can: on ")
+	p("every n-th subject of the stretch, n chosen for about %s samples (every row at -quick sizes), read from the target after ", commas(flatLagSamples))
+	p("the marker arrived (native, rest, postgres), from the outbox (capture, sampled alike), or from every transaction of the ")
+	p("stream (decode). A contender that keeps up shows a lag near its steady one; one that falls behind shows the backlog it ")
+	p("built by the end of the stretch. The notes give p50 too.\n")
+	p("- **First row (ms)**: in backlog mode, from link up to the first row applied at the target: the earliest `applied_at` ")
+	p("since link up in the workload's tables and the marker table. For native it is the apply worker starting after `ALTER SUBSCRIPTION … ENABLE`; ")
+	p("for pgcourier's routes the router's next probe of the route it could not reach (every second, ±20 %%) and the first ")
+	p("delivery: the \"delivery resumes within moments of the link coming back\" of the router's design.\n")
 	p("- **CPU s / M rows**: user + system CPU (from `/proc/PID/stat`) during the timed window, per million rows, of the ")
 	p("processes doing the work: native, the source's walsender and the target's apply worker; decode, the walsender and ")
 	p("pg_recvlogical; copy, the two COPY backends; capture, the capture process, its walsender and the backends of its ")
-	p("ordinary connections, which write the outbox (so the cost of making the outbox durable counts). ")
+	p("ordinary connections, which write the outbox (so the cost of making the outbox durable counts); rest and postgres, the ")
+	p("client process (capture and router), the REST route's server process, the capture's walsender, the source backends of ")
+	p("the capture's and the router's connections (the outbox written, read and acknowledged) and the target backends of the ")
+	p("applier, found by application name when the link comes up and every 100 ms while the harness waits (the applier connects ")
+	p("on demand). The relay's own work is the network's and is not counted. ")
 	p("The workload's own connections and the harness are not counted. The kernel counts CPU in 10 ms ticks, ")
 	p("so small runs give coarse figures. `benchmarks.json` splits the CPU by kind of process (`cpu_s_by_process`).\n")
 	p("- **Peak RSS**: VmHWM of each of the contender's own processes. Native and copy show — : their memory is Postgres's ")
@@ -409,14 +454,17 @@ func (r *report) method(p func(string, ...any)) {
 	p("window, per row, read from the kernel's counters (sock_diag `tcp_info`: bytes acknowledged plus bytes received, at the ")
 	p("server's end) so that nothing stands between the nodes. For native and decode that is the replication connection: the ")
 	p("pgoutput stream with its CopyData/XLogData framing, keepalives and status updates; for copy the COPY connection to the ")
-	p("target; for pgcourier's REST route its HTTP connections (headers and bodies). Capture sends nothing between the nodes: ")
-	p("its column holds the outbox payload bytes of the stretch (the zstd-compressed batches with their headers), what a route ")
-	p("will carry. A counting relay in the harness was tried ")
-	p("first and dropped: forwarding one small TCP segment per pgoutput message roughly halved decode's throughput.\n")
+	p("target. For rest and postgres it is what the relay forwarded both ways: every HTTP request and answer of the REST route ")
+	p("(headers, frames of compressed batches, JSON receipts, the progress probes once the link is up), or the whole Postgres ")
+	p("protocol of the postgres route (connection start-up, the applier's statements with the rows as text parameters, results); ")
+	p("the same quantity as the kernel's counters (`bench/relay_test.go` checks one against the other). Capture sends nothing ")
+	p("between the nodes: its column holds the outbox payload bytes of the stretch (the zstd-compressed batches with their ")
+	p("headers), what a route will carry. A counting relay was tried first for native and decode too and dropped: forwarding one ")
+	p("small TCP segment per pgoutput message roughly halved decode's throughput.\n")
 	p("- **Load**: the machine's 1-minute load average as the scenario ended. With %d cores, anything much above %d means other ", r.Machine.Cores, r.Machine.Cores)
 	p("work competed for the CPU: that scenario's times are inflated, its CPU per row much less so.\n")
 	p("- **Copy's rows** are the final row images of the workload's tables: for W3 the edited visits (each edited once, so as many ")
-	p("rows as changes); for W4 the rows left after its inserts, updates and deletes (fewer rows than changes).\n\n")
+	p("rows as changes); for W4 and W7 the rows left after its inserts, updates and deletes (fewer rows than changes).\n\n")
 
 	p("### Reading the figures\n\n")
 	p("The machine is shared and noisy: compare ratios within one run rather than absolute figures across runs; ")

@@ -30,7 +30,7 @@ func sampleReport() *report {
 			{
 				Workload: "W1", Contender: "native", Mode: "live", Rows: 60000, Changes: 60000,
 				OfferedRowsPerS: 9012.4, Seconds: 7.0625, RowsPerS: 8495.6,
-				LagOffered: ptr(999.8), LagP50Ms: ptr(1.23), LagP99Ms: ptr(3.45),
+				LagOffered: ptr(999.8), LagP50Ms: ptr(1.23), LagP99Ms: ptr(3.45), FlatLagP50Ms: ptr(10.0), FlatLagP99Ms: ptr(25.04),
 				CPUSeconds: 0.75, CPUPerMRows: ptr(12.5), WireBytes: 16020000, WireBytesPerRow: ptr(267.0), LoadAvg: 1.25,
 			},
 			{
@@ -42,7 +42,7 @@ func sampleReport() *report {
 			},
 			{
 				Workload: "W6", Contender: "native", Mode: "backlog", Rows: 2000000, Changes: 2000000,
-				OfferedRowsPerS: 250000, Seconds: 20, RowsPerS: 100000,
+				OfferedRowsPerS: 250000, Seconds: 20, RowsPerS: 100000, FirstRowMs: ptr(35.2),
 				CPUSeconds: 30, CPUPerMRows: ptr(15.0), WireBytes: 306000000, WireBytesPerRow: ptr(153.0),
 				SpillBytes: 300 << 20, LoadAvg: 3,
 			},
@@ -66,9 +66,11 @@ func TestMarkdown(t *testing.T) {
 		"- Postgres: postgres (PostgreSQL) 15.8; Go: go1.26.0\n",
 		"- Command: `go run ./bench -workloads W1,W6`\n",
 		"took 6m12s",
-		"| W1 single-row inserts | native | live | 60,000 | 9,012 | 8,496 | 1.00 | 7.06 | 1.2 | 3.5 | 12.5 | — | 267 | 1.2 |\n",
-		"| W1 single-row inserts | decode | live | 60,000 | 9,500 | 9,231 | 1.09 | 6.50 | 0.5 | 1.5 | 10.0 | 8.0 | 261 | 2.5 |\n",
-		"| W6 one huge transaction | native | backlog | 2,000,000 | 250,000 | 100,000 | 1.00 | 20.00 | — | — | 15.0 | — | 153 | 3.0 |\n",
+		"| W1 single-row inserts | native | live | 60,000 | 9,012 | 8,496 | 1.00 | 7.06 | — | 1.2 | 3.5 | 25.0 | 12.5 | — | 267 | 1.2 |\n",
+		"| W1 single-row inserts | decode | live | 60,000 | 9,500 | 9,231 | 1.09 | 6.50 | — | 0.5 | 1.5 | — | 10.0 | 8.0 | 261 | 2.5 |\n",
+		"| W6 one huge transaction | native | backlog | 2,000,000 | 250,000 | 100,000 | 1.00 | 20.00 | 35 | — | — | — | 15.0 | — | 153 | 3.0 |\n",
+		"- Flat-out lag: the lag of about 10,000 rows sampled evenly across W1's timed stretch, committed as fast as the clients go (see Method): W1 native p50 10.0 ms, p99 25.0 ms.\n",
+		"- First row: in backlog mode, from link up to the first row applied at the target: W6 native 35 ms. ",
 		"- Load average (1 min) as scenarios ended: 1.2 to 3.0 on 2 cores",
 		"| W6 one huge transaction | decode | **failed** | — |",
 		"- W6 native: logical decoding spilled 300 MiB to disk",

@@ -50,9 +50,18 @@ type result struct {
 	LagOffered *float64 `json:"lag_offered_rows_per_s"`
 	LagP50Ms   *float64 `json:"lag_p50_ms"`
 	LagP99Ms   *float64 `json:"lag_p99_ms"`
+	// FlatLagP50Ms and FlatLagP99Ms are the lag of a sample of the rows of
+	// the timed stretch, committed flat out, for the workloads with a lag
+	// stretch (W1) in live mode.
+	FlatLagP50Ms *float64 `json:"flat_out_lag_p50_ms"`
+	FlatLagP99Ms *float64 `json:"flat_out_lag_p99_ms"`
+	// FirstRowMs is, in backlog mode, the time from link up to the first
+	// row applied at the target, for the contenders that apply there.
+	FirstRowMs *float64 `json:"first_row_ms"`
 	CPUSeconds float64  `json:"cpu_s"`
 	// CPUSecondsBy splits CPUSeconds by kind of process: walsender, apply
-	// worker, backend, pg_recvlogical, pgcourier capture.
+	// worker, backend, apply backend, pg_recvlogical, pgcourier capture,
+	// pgcourier client, pgcourier server.
 	CPUSecondsBy map[string]float64 `json:"cpu_s_by_process,omitempty"`
 	// CPUPerMRows is CPU seconds per million rows carried.
 	CPUPerMRows *float64 `json:"cpu_s_per_million_rows"`
@@ -165,7 +174,7 @@ func (s *scenario) live(ctx context.Context, res *result) (window, error) {
 		if err != nil {
 			return win, err
 		}
-		a, err := s.closeStretch(ctx, st, true)
+		a, err := s.closeStretch(ctx, st, 1)
 		if err != nil {
 			return win, err
 		}
@@ -187,9 +196,29 @@ func (s *scenario) live(ctx context.Context, res *result) (window, error) {
 		return win, err
 	}
 	win.from = win.gen.start
-	win.arr, err = s.closeStretch(ctx, win.gen, false)
-	return win, err
+	// The timed stretch of a workload with a lag stretch is lagged too,
+	// on a sample of its rows: the lag while the source commits flat out.
+	var every int64
+	if s.w.lagStretch {
+		every = max(win.gen.changes/flatLagSamples, 1)
+	}
+	if win.arr, err = s.closeStretch(ctx, win.gen, every); err != nil {
+		return win, err
+	}
+	p50, ok50 := percentile(win.arr.lags, 50)
+	p99, ok99 := percentile(win.arr.lags, 99)
+	if ok50 && ok99 {
+		res.FlatLagP50Ms = ptr(p50.Seconds() * 1e3)
+		res.FlatLagP99Ms = ptr(p99.Seconds() * 1e3)
+		s.log.printf("%s %s: lag flat out (%d rows sampled): p50 %.1f ms, p99 %.1f ms",
+			s.w.id, s.name, len(win.arr.lags), *res.FlatLagP50Ms, *res.FlatLagP99Ms)
+	}
+	return win, nil
 }
+
+// flatLagSamples is about how many rows of a flat-out stretch have their
+// lag taken: every n/flatLagSamples-th subject of n.
+const flatLagSamples = 10_000
 
 // backlog runs the workload with the link down, then brings the link up
 // and times the catch-up.
@@ -199,9 +228,17 @@ func (s *scenario) backlog(ctx context.Context) (window, error) {
 	if win.gen, err = s.w.run(ctx, s.g, s.sz.rows[s.w.id]); err != nil {
 		return win, err
 	}
-	st, err := s.commitMarker(ctx, win.gen, false)
+	st, err := s.commitMarker(ctx, win.gen, 0)
 	if err != nil {
 		return win, err
+	}
+	if f, ok := s.c.(backlogFiller); ok {
+		fctx, cancel := context.WithTimeout(ctx, s.sz.phaseLimit)
+		err := f.filled(fctx, st)
+		cancel()
+		if err != nil {
+			return win, fmt.Errorf("%s: %w", s.name, err)
+		}
 	}
 	if win.u0, err = s.c.usage(); err != nil {
 		return win, err
@@ -210,17 +247,20 @@ func (s *scenario) backlog(ctx context.Context) (window, error) {
 	if err := s.c.start(ctx); err != nil {
 		return win, fmt.Errorf("start %s: %w", s.name, err)
 	}
+	st.since = win.from
 	win.arr, err = s.wait(ctx, st)
 	return win, err
 }
 
-// commitMarker closes a stretch of workload with the next marker.
-func (s *scenario) commitMarker(ctx context.Context, gen genStats, lag bool) (stretch, error) {
+// commitMarker closes a stretch of workload with the next marker. With
+// lagEvery above 0 the stretch asks for the lag of every lagEvery-th of its
+// subjects.
+func (s *scenario) commitMarker(ctx context.Context, gen genStats, lagEvery int64) (stretch, error) {
 	s.marker++
 	if err := insertMarker(ctx, s.e.srcURL, s.marker); err != nil {
 		return stretch{}, err
 	}
-	return stretch{marker: s.marker, changes: gen.changes, lag: lag, lagLo: gen.lo, lagHi: gen.hi}, nil
+	return stretch{marker: s.marker, changes: gen.changes, lag: lagEvery > 0, lagLo: gen.lo, lagHi: gen.hi, lagEvery: lagEvery}, nil
 }
 
 // wait waits, for at most phaseLimit, for the contender to report st.
@@ -235,8 +275,8 @@ func (s *scenario) wait(ctx context.Context, st stretch) (arrival, error) {
 }
 
 // closeStretch commits the marker after a stretch and waits for it.
-func (s *scenario) closeStretch(ctx context.Context, gen genStats, lag bool) (arrival, error) {
-	st, err := s.commitMarker(ctx, gen, lag)
+func (s *scenario) closeStretch(ctx context.Context, gen genStats, lagEvery int64) (arrival, error) {
+	st, err := s.commitMarker(ctx, gen, lagEvery)
 	if err != nil {
 		return arrival{}, err
 	}
@@ -257,6 +297,10 @@ func (s *scenario) figures(ctx context.Context, win window, res *result) error {
 		return fmt.Errorf("%s: %d rows in %.3f s", s.name, res.Rows, res.Seconds)
 	}
 	res.RowsPerS = float64(res.Rows) / res.Seconds
+	if !win.arr.first.IsZero() {
+		res.FirstRowMs = ptr(win.arr.first.Sub(win.from).Seconds() * 1e3)
+		s.log.printf("%s %s: first row applied %.0f ms after link up", s.w.id, s.name, *res.FirstRowMs)
+	}
 	res.CPUSeconds = (u1.cpu - win.u0.cpu).Seconds()
 	var split []string
 	for _, k := range slices.Sorted(maps.Keys(u1.cpuBy)) {

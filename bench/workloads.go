@@ -16,9 +16,9 @@ import (
 // that the whole run ends within ten minutes on a 2-core machine, and
 // quickSizes for smoke tests that only prove the harness works.
 type sizes struct {
-	clients    int              // concurrent clients of W1, W3, W4 and W5
-	importers  int              // concurrent clients of W2
-	importTx   int64            // rows per W2 transaction
+	clients    int              // concurrent clients of W1, W3, W4, W5 and W7
+	importers  int              // concurrent clients of W2 and W8
+	importTx   int64            // rows per W2 and W8 transaction
 	lagRate    int              // rows/s offered during W1's lag stretch
 	lagFor     time.Duration    // length of W1's lag stretch
 	rows       map[string]int64 // row changes per workload
@@ -31,7 +31,7 @@ var fullSizes = sizes{
 	importTx:   100,
 	lagRate:    1000,
 	lagFor:     5 * time.Second,
-	rows:       map[string]int64{"W1": 100_000, "W2": 400_000, "W3": 100_000, "W4": 100_000, "W5": 200_000, "W6": 2_000_000},
+	rows:       map[string]int64{"W1": 100_000, "W2": 400_000, "W3": 100_000, "W4": 100_000, "W5": 200_000, "W6": 2_000_000, "W7": 100_000, "W8": 400_000},
 	phaseLimit: 5 * time.Minute,
 }
 
@@ -41,7 +41,7 @@ var quickSizes = sizes{
 	importTx:   100,
 	lagRate:    500,
 	lagFor:     time.Second,
-	rows:       map[string]int64{"W1": 2_000, "W2": 2_000, "W3": 2_000, "W4": 2_000, "W5": 2_000, "W6": 2_000},
+	rows:       map[string]int64{"W1": 2_000, "W2": 2_000, "W3": 2_000, "W4": 2_000, "W5": 2_000, "W6": 2_000, "W7": 2_000, "W8": 2_000},
 	phaseLimit: 30 * time.Second,
 }
 
@@ -109,6 +109,20 @@ var workloads = []*workload{
 		backlog: true,
 		tables:  []string{"subject"},
 		run:     func(ctx context.Context, g *generator, n int64) (genStats, error) { return g.oneTransaction(ctx, n) },
+	},
+	{
+		id: "W7", title: "edc mix backlog",
+		about:   "W4's traffic while the link is down; then the link returns and the contender is timed catching up: a day of clinic work shipped at once.",
+		backlog: true,
+		tables:  allTables,
+		run:     func(ctx context.Context, g *generator, n int64) (genStats, error) { return g.mix(ctx, n) },
+	},
+	{
+		id: "W8", title: "import backlog",
+		about:   "W2's traffic while the link is down; then the link returns and the contender is timed catching up.",
+		backlog: true,
+		tables:  []string{"subject"},
+		run:     func(ctx context.Context, g *generator, n int64) (genStats, error) { return g.imports(ctx, n) },
 	},
 }
 

@@ -91,8 +91,8 @@ type Options struct {
 const (
 	DefaultRetention       = 24 * time.Hour
 	DefaultMaxParcels      = 64
-	DefaultMaxBytes        = 4 << 20
-	DefaultProbeInterval   = 1500 * time.Millisecond
+	DefaultMaxBytes        = 1 << 20
+	DefaultProbeInterval   = time.Second
 	DefaultMinBackoff      = time.Second
 	DefaultMaxBackoff      = 5 * time.Minute
 	DefaultPollInterval    = time.Second
