@@ -81,12 +81,13 @@ func (o *Outbox) Pending(ctx context.Context, epoch int64, seq uint64, max, maxB
 }
 
 // Acknowledge records that the final destination applied every batch of
-// epoch up to and including seq, and of every earlier epoch. It is
-// idempotent.
+// epoch up to and including seq. It is idempotent. Batches of other epochs
+// are left alone: an upstream that moved on to a newer epoch has not
+// applied what is left of an older one.
 func (o *Outbox) Acknowledge(ctx context.Context, epoch int64, seq uint64) error {
 	_, err := o.pool.Exec(ctx, `
 		UPDATE pgcourier.outbox SET acked_at = now()
-		 WHERE acked_at IS NULL AND (epoch < $1 OR (epoch = $1 AND seq <= $2))`, epoch, int64(seq))
+		 WHERE acked_at IS NULL AND epoch = $1 AND seq <= $2`, epoch, int64(seq))
 	if err != nil {
 		return fmt.Errorf("acknowledge batches up to %d: %w", seq, err)
 	}

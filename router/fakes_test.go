@@ -209,7 +209,7 @@ func (o *fakeOutbox) Acknowledge(ctx context.Context, epoch int64, seq uint64) e
 	}
 	now := time.Now()
 	for _, b := range o.batches {
-		if b.acked || !(b.Epoch < epoch || b.Epoch == epoch && b.Seq <= seq) {
+		if b.acked || !(b.Epoch == epoch && b.Seq <= seq) {
 			continue
 		}
 		if o.applied != nil && !o.applied(b.key) {

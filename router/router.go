@@ -34,7 +34,7 @@ type Outbox interface {
 	// of them at most (always at least one when any is pending).
 	Pending(ctx context.Context, epoch int64, seq uint64, max, maxBytes int) ([]pgcourier.Parcel, error)
 	// Acknowledge records that the final destination applied the batches
-	// of epoch up to seq, and every batch of earlier epochs.
+	// of epoch up to seq.
 	Acknowledge(ctx context.Context, epoch int64, seq uint64) error
 	// Relayed records that a relay stored the batches of epoch up to seq.
 	Relayed(ctx context.Context, epoch int64, seq uint64) error

@@ -101,6 +101,9 @@ func runNode(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		defer closeWriter()
 		g.Go(func() error { return srv.Run(gctx) })
 	}
+	if cfg.Capture != nil && len(cfg.Routes) == 0 {
+		log.Warn("capturing with no [[route]]: this node's own changes wait in its outbox until a route is configured")
+	}
 	if cfg.Role == pgcourier.RoleServer && len(cfg.Routes) > 0 {
 		log.Warn("forwarding batches from other sources upstream is not supported yet; only this node's own edits are shipped")
 	}
