@@ -191,6 +191,9 @@ type Writer struct {
 
 	mu    sync.Mutex
 	stmts map[string][]stmt // generated statements by run shape
+	// judge counts, per source and table, the runs still to apply with
+	// judged statements after a fast statement missed (see judgeFor).
+	judge map[string]int
 }
 
 // New checks opts and returns a Writer that applies batches to the
@@ -224,6 +227,7 @@ func New(cfg *pgx.ConnConfig, opts Options) (*Writer, error) {
 		truncate: map[string]bool{},
 		log:      opts.Logger,
 		stmts:    map[string][]stmt{},
+		judge:    map[string]int{},
 	}
 	if opts.Policy != "" {
 		if err := checkPolicy(opts.Policy); err != nil {

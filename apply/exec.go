@@ -364,6 +364,9 @@ func (w *Writer) apply(ctx context.Context, b *pgcourier.Batch, cautious bool) (
 		}
 	}
 	runs, reordered := planRuns(b, plans, cautious)
+	for _, r := range runs {
+		r.judge = w.judging(b.Source, r.p.t)
+	}
 	return w.write(ctx, s, b, st, runs, reordered)
 }
 
@@ -482,6 +485,10 @@ func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st s
 	// fast statement met a change that needs judging; unique_violation is
 	// what a grouped run may cause; anything the database refused, what a
 	// reordered batch may.
+	var missed *pgconn.PgError
+	if errors.As(ferr, &missed) && missed.Code == fastMissed {
+		w.missedFast(b.Source, missed.SchemaName, missed.TableName)
+	}
 	if pe := (*pgconn.PgError)(nil); errors.As(ferr, &pe) && (pe.Code == fastMissed ||
 		!infrastructure(ferr) && (reordered || slices.ContainsFunc(runs, (*run).fast) ||
 			pe.Code == "23505" && slices.ContainsFunc(runs, (*run).hazardous))) {

@@ -104,6 +104,9 @@ type run struct {
 	// optimistic lets inserts and updates of a table with another unique
 	// index share the run; see planRuns.
 	optimistic bool
+	// judge keeps an optimistic run off the fast statement: its table's
+	// changes from this source needed judging lately.
+	judge bool
 
 	keys map[string]bool // rows the run touches, while it is being built
 }
@@ -113,7 +116,7 @@ type run struct {
 // inserts, writing the whole key, moving no row to another key, and
 // updating some column.
 func (r *run) fast() bool {
-	if !r.optimistic || r.kind != runJudged || !r.p.keyed || !r.p.arbiter || r.keyChange || len(r.cols) == 0 || !keyWritten(r) {
+	if !r.optimistic || r.judge || r.kind != runJudged || !r.p.keyed || !r.p.arbiter || r.keyChange || len(r.cols) == 0 || !keyWritten(r) {
 		return false
 	}
 	if !r.hasIU {
@@ -375,4 +378,42 @@ func byTable(shapes []shaped) ([]shaped, bool) {
 		}
 	}
 	return sorted, changed
+}
+
+// judgeFor is how many runs of a source's changes to a table are applied
+// with judged statements after a fast statement on it missed: a source
+// whose changes to the table need judging (edits of rows another writer
+// wrote) would otherwise pay for both plans every time.
+const judgeFor = 16
+
+// missedFast records that a fast statement on table schema.name missed for
+// source.
+func (w *Writer) missedFast(source, schema, name string) {
+	if name == "" {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.judge) >= 4096 {
+		clear(w.judge)
+	}
+	w.judge[source+"\x00"+schema+"."+name] = judgeFor
+}
+
+// judging reports whether a run of source's changes to t is to be judged,
+// and counts the run.
+func (w *Writer) judging(source string, t *table) bool {
+	k := source + "\x00" + t.Schema + "." + t.Name
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := w.judge[k]
+	if n == 0 {
+		return false
+	}
+	if n == 1 {
+		delete(w.judge, k)
+	} else {
+		w.judge[k] = n - 1
+	}
+	return true
 }

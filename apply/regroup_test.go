@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -145,5 +146,26 @@ func TestGroupedBatchFallsBackToSourceOrder(t *testing.T) {
 	var n int
 	if err := c.Connect(t).QueryRow(t.Context(), `SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM b)`).Scan(&n); err != nil || n != 3 {
 		t.Errorf("rows upstream = %d, %v; want 3", n, err)
+	}
+}
+
+// TestFastMissJudgesTheNextBatches edits rows written upstream by a local
+// edit: the first batch's fast statement misses and the batch is judged;
+// the next batches of that source and table go straight to judging.
+func TestFastMissJudgesTheNextBatches(t *testing.T) {
+	var logs bytes.Buffer
+	_, w := upstream(t, `CREATE TABLE visit (id int PRIMARY KEY, note text);
+		INSERT INTO visit SELECT g, 'local' FROM generate_series(1, 10) g`,
+		Options{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	r := relation("visit", "id integer key", "note text")
+	for seq := uint64(1); seq <= 3; seq++ {
+		// Commit times after the local edits: the field edits win.
+		b := batch("laptop-07", seq, txn(time.Now().Add(time.Hour), upd(r, fmt.Sprint(seq), "field"), upd(r, fmt.Sprint(seq+3), "field")))
+		if res := wantStatus(t, w, b, Applied); res.Changes != 2 || res.Conflicts != 0 {
+			t.Errorf("batch %d: %d changes, %d conflicts; want 2, 0", seq, res.Changes, res.Conflicts)
+		}
+	}
+	if n := strings.Count(logs.String(), "source order"); n != 1 {
+		t.Errorf("the writer fell back from the fast plan %d times, want once (the first batch); log:\n%s", n, logs.String())
 	}
 }

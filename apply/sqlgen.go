@@ -211,8 +211,8 @@ func fast(r *run) stmt {
 	g.w("ins AS (\n  INSERT INTO ", t.ident, " (", strings.Join(cols, ", "), ")", overriding(r), "\n",
 		"  SELECT ", strings.Join(vals, ", "), " FROM inc WHERE inc.op = 'I' ORDER BY inc.pos\n",
 		"  ON CONFLICT (", strings.Join(keyCols, ", "), ") DO NOTHING\n  RETURNING 1\n)\n")
-	msg := literal(fmt.Sprintf("%s: a change needs judging", t.ident))
-	g.w("SELECT pgcourier.apply_fast_check((SELECT count(*) FROM del) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins) = (SELECT count(*) FROM inc), ", msg, "),\n",
+	g.w("SELECT pgcourier.apply_fast_check((SELECT count(*) FROM del) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins) = (SELECT count(*) FROM inc), ",
+		literal(t.Schema), ", ", literal(t.Name), "),\n",
 		"       (SELECT count(*) FROM del) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins), 0::int8")
 	return g.stmt()
 }

@@ -29,15 +29,16 @@ CREATE TABLE pgcourier.route_state (
 -- The blocked batch itself (wire format), as the applier last received it.
 ALTER TABLE pgcourier.blocked ADD COLUMN payload bytea;
 
--- Raises SQLSTATE PGC01 unless ok: a statement the applier ran on the bet
--- that no change needs judging (an insert of a new key, an update or a
--- delete of a row the source wrote last) lost the bet; the applier then
--- applies the batch again with judged statements.
-CREATE FUNCTION pgcourier.apply_fast_check(ok boolean, message text) RETURNS boolean
+-- Raises SQLSTATE PGC01, naming the table, unless ok: a statement the
+-- applier ran on the bet that no change needs judging (an insert of a new
+-- key, an update or a delete of a row the source wrote last) lost the bet;
+-- the applier then applies the batch again with judged statements.
+CREATE FUNCTION pgcourier.apply_fast_check(ok boolean, table_schema text, table_name text) RETURNS boolean
     LANGUAGE plpgsql AS $$
 BEGIN
     IF ok IS NOT TRUE THEN
-        RAISE EXCEPTION USING ERRCODE = 'PGC01', MESSAGE = 'pgcourier apply: ' || message;
+        RAISE EXCEPTION USING ERRCODE = 'PGC01', SCHEMA = table_schema, TABLE = table_name,
+            MESSAGE = format('pgcourier apply: %I.%I: a change needs judging', table_schema, table_name);
     END IF;
     RETURN true;
 END
