@@ -182,19 +182,7 @@ func fast(r *run) stmt {
 	add := func(name, param string) { names = append(names, name); params = append(params, param) }
 	add("pos", g.param(argPos, 0))
 	add("op", g.param(argOp, 0))
-	sel = append(sel, "u.pos", "u.op")
-	for _, c := range r.cols {
-		n := fmt.Sprintf("r%d", c)
-		add(n, g.param(argNew, c))
-		col, _ := t.column(r.p.rel.Columns[c].Name)
-		sel = append(sel, fmt.Sprintf("u.%s::%s AS v%d", n, col.Type, c))
-	}
-	for _, c := range r.p.match {
-		n := fmt.Sprintf("q%d", c)
-		add(n, g.param(argKey, c))
-		col, _ := t.column(r.p.rel.Columns[c].Name)
-		sel = append(sel, fmt.Sprintf("u.%s::%s AS k%d", n, col.Type, c))
-	}
+	sel = g.values(r, true, false, add, []string{"u.pos", "u.op"})
 	g.w("WITH inc AS (\n  SELECT ", strings.Join(sel, ", "), "\n    FROM ")
 	g.rows(names, params)
 	g.w("\n),\n")
@@ -255,7 +243,6 @@ func truncateApply(r *run) stmt {
 // column types. Raw new values are r<i>, typed ones v<i>, typed lookup
 // values k<i>, for incoming column i.
 func (g *gen) incCTE(r *run, withKeys bool) {
-	t := r.p.t
 	var names, params, sel []string
 	add := func(name, param string) { names = append(names, name); params = append(params, param) }
 	add("pos", g.param(argPos, 0))
@@ -267,13 +254,27 @@ func (g *gen) incCTE(r *run, withKeys bool) {
 		add("oj", g.param(argOld, 0))
 		sel = append(sel, "u.op", "u.oj")
 	}
+	sel = g.values(r, withKeys, true, add, sel)
+	g.w("inc AS (\n  SELECT ", strings.Join(sel, ", "), "\n    FROM ")
+	g.rows(names, params)
+	g.w("\n)")
+}
+
+// values adds the run's new values, typed (v<i>) and, with raw, as sent
+// (r<i>), and with keys its typed lookup values (k<i>), to the parameters
+// (through add) and the select list sel of an inc CTE, and returns sel.
+func (g *gen) values(r *run, keys, raw bool, add func(name, param string), sel []string) []string {
+	t := r.p.t
 	for _, c := range r.cols {
 		n := fmt.Sprintf("r%d", c)
 		add(n, g.param(argNew, c))
 		col, _ := t.column(r.p.rel.Columns[c].Name)
-		sel = append(sel, "u."+n, fmt.Sprintf("u.%s::%s AS v%d", n, col.Type, c))
+		if raw {
+			sel = append(sel, "u."+n)
+		}
+		sel = append(sel, fmt.Sprintf("u.%s::%s AS v%d", n, col.Type, c))
 	}
-	if withKeys {
+	if keys {
 		for _, c := range r.p.match {
 			n := fmt.Sprintf("q%d", c)
 			add(n, g.param(argKey, c))
@@ -281,9 +282,7 @@ func (g *gen) incCTE(r *run, withKeys bool) {
 			sel = append(sel, fmt.Sprintf("u.%s::%s AS k%d", n, col.Type, c))
 		}
 	}
-	g.w("inc AS (\n  SELECT ", strings.Join(sel, ", "), "\n    FROM ")
-	g.rows(names, params)
-	g.w("\n)")
+	return sel
 }
 
 // matchCond is the condition that finds the stored row t of the incoming
