@@ -32,13 +32,22 @@ func benchValues(id int64) []string {
 // benchBatch returns batch seq of benchRows one-row transactions made by
 // next, which returns each change in turn.
 func benchBatch(seq uint64, next func() pgcourier.Change) *pgcourier.Batch {
+	return benchBatchOf(seq, 1, next)
+}
+
+// benchBatchOf returns batch seq of benchRows changes made by next, in
+// transactions of perTx changes.
+func benchBatchOf(seq uint64, perTx int, next func() pgcourier.Change) *pgcourier.Batch {
 	b := &pgcourier.Batch{Source: "laptop-07", Epoch: 1, Seq: seq}
-	for i := range benchRows {
-		b.Transactions = append(b.Transactions, pgcourier.Transaction{
+	for i := 0; i < benchRows; i += perTx {
+		tx := pgcourier.Transaction{
 			CommitLSN:  pgcourier.LSN(seq*benchRows + uint64(i)),
 			CommitTime: base.Add(time.Duration(seq*benchRows+uint64(i)) * time.Millisecond),
-			Changes:    []pgcourier.Change{next()},
-		})
+		}
+		for range perTx {
+			tx.Changes = append(tx.Changes, next())
+		}
+		b.Transactions = append(b.Transactions, tx)
 	}
 	return b
 }
@@ -47,6 +56,7 @@ func benchBatch(seq uint64, next func() pgcourier.Change) *pgcourier.Batch {
 // rows per second:
 //
 //   - insert: new rows, applied together;
+//   - insert-100: new rows in 100-row transactions (an import);
 //   - update: updates of rows the same source wrote;
 //   - mixed: 60% inserts, 30% updates and 10% deletes in random order, so
 //     runs of one operation are short;
@@ -81,6 +91,18 @@ func BenchmarkApply(b *testing.B) {
 		for b.Loop() {
 			seq++
 			bt := benchBatch(seq, insert(benchVisit))
+			start := time.Now()
+			apply(b, bt)
+			took += time.Since(start)
+		}
+		report(b, b.N*benchRows, took)
+	})
+
+	b.Run("insert-100", func(b *testing.B) {
+		var took time.Duration
+		for b.Loop() {
+			seq++
+			bt := benchBatchOf(seq, 100, insert(benchVisit))
 			start := time.Now()
 			apply(b, bt)
 			took += time.Since(start)
@@ -177,10 +199,15 @@ func BenchmarkApply(b *testing.B) {
 }
 
 // BenchmarkNativeReplication measures Postgres's own logical replication on
-// the same rows, for comparison with BenchmarkApply/insert: 1,000 one-row
-// insert transactions committed on a source wait while the target table is
-// locked, then the subscription's apply worker takes them; rows/s counts
-// from the lock's release to the last row's arrival.
+// the same rows, for comparison with BenchmarkApply: 1,000 row changes are
+// committed on a source while the target table is locked, then the
+// subscription's apply worker takes them; rows/s counts from the lock's
+// release to the last change's arrival.
+//
+//   - insert: one-row insert transactions (BenchmarkApply/insert);
+//   - insert-100: 100-row insert transactions (BenchmarkApply/insert-100);
+//   - update: one-row updates of rows that exist on both sides
+//     (BenchmarkApply/update).
 func BenchmarkNativeReplication(b *testing.B) {
 	cs := pgtest.StartN(b, 2, benchCluster)
 	src, dst := cs[0], cs[1]
@@ -190,48 +217,110 @@ func BenchmarkNativeReplication(b *testing.B) {
 	b.Cleanup(func() { dst.Exec(b, `DROP SUBSCRIPTION bench`) })
 	ctx := context.Background()
 	srcConn, dstConn, locker := src.Connect(b), dst.Connect(b), dst.Connect(b)
+	const insertSQL = `INSERT INTO visit VALUES ($1::text::bigint, $2::text::int, $3::text::numeric, $4, $5::text::timestamptz)`
 	var nextID int64
 	insert := func() {
 		nextID++
 		vs := benchValues(nextID)
-		if _, err := srcConn.Exec(ctx, `INSERT INTO visit VALUES ($1::text::bigint, $2::text::int, $3::text::numeric, $4, $5::text::timestamptz)`, vs[0], vs[1], vs[2], vs[3], vs[4]); err != nil {
+		if _, err := srcConn.Exec(ctx, insertSQL, vs[0], vs[1], vs[2], vs[3], vs[4]); err != nil {
 			b.Fatal(err)
 		}
 	}
-	arrived := func(id int64) {
+	// arrived waits until the target's row id has the notes want.
+	arrived := func(id int64, want string) {
 		deadline := time.Now().Add(time.Minute)
 		for {
-			var got *int64
-			if err := dstConn.QueryRow(ctx, `SELECT max(id) FROM visit`).Scan(&got); err != nil {
-				b.Fatal(err)
-			}
-			if got != nil && *got >= id {
+			var got string
+			err := dstConn.QueryRow(ctx, `SELECT notes FROM visit WHERE id = $1`, id).Scan(&got)
+			if err == nil && got == want {
 				return
 			}
+			if err != nil && err != pgx.ErrNoRows {
+				b.Fatal(err)
+			}
 			if time.Now().After(deadline) {
-				b.Fatalf("row %d did not arrive within a minute", id)
+				b.Fatalf("row %d with notes %q did not arrive within a minute", id, want)
 			}
 			time.Sleep(200 * time.Microsecond)
 		}
 	}
-	insert()
-	arrived(nextID)
-
-	var took time.Duration
-	for b.Loop() {
+	// backlog commits the changes of commit on the source while the
+	// target table is locked, then times their arrival.
+	backlog := func(b *testing.B, commit func() (lastID int64, notes string)) time.Duration {
 		if _, err := locker.Exec(ctx, `BEGIN; LOCK TABLE visit IN ACCESS EXCLUSIVE MODE`); err != nil {
 			b.Fatal(err)
 		}
-		for range benchRows {
-			insert()
-		}
+		id, notes := commit()
 		time.Sleep(100 * time.Millisecond) // the worker receives what it can, and waits
 		start := time.Now()
 		if _, err := locker.Exec(ctx, `COMMIT`); err != nil {
 			b.Fatal(err)
 		}
-		arrived(nextID)
-		took += time.Since(start)
+		arrived(id, notes)
+		return time.Since(start)
 	}
-	b.ReportMetric(float64(b.N*benchRows)/took.Seconds(), "rows/s")
+	insert()
+	arrived(nextID, benchValues(nextID)[3])
+
+	b.Run("insert", func(b *testing.B) {
+		var took time.Duration
+		for b.Loop() {
+			took += backlog(b, func() (int64, string) {
+				for range benchRows {
+					insert()
+				}
+				return nextID, benchValues(nextID)[3]
+			})
+		}
+		b.ReportMetric(float64(b.N*benchRows)/took.Seconds(), "rows/s")
+	})
+
+	b.Run("insert-100", func(b *testing.B) {
+		var took time.Duration
+		for b.Loop() {
+			took += backlog(b, func() (int64, string) {
+				for range benchRows / 100 {
+					tx, err := srcConn.Begin(ctx)
+					if err != nil {
+						b.Fatal(err)
+					}
+					for range 100 {
+						nextID++
+						vs := benchValues(nextID)
+						if _, err := tx.Exec(ctx, insertSQL, vs[0], vs[1], vs[2], vs[3], vs[4]); err != nil {
+							b.Fatal(err)
+						}
+					}
+					if err := tx.Commit(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+				return nextID, benchValues(nextID)[3]
+			})
+		}
+		b.ReportMetric(float64(b.N*benchRows)/took.Seconds(), "rows/s")
+	})
+
+	b.Run("update", func(b *testing.B) {
+		first := nextID + 1
+		for range benchRows {
+			insert()
+		}
+		arrived(nextID, benchValues(nextID)[3])
+		var took time.Duration
+		round := 0
+		for b.Loop() {
+			round++
+			notes := fmt.Sprintf("revised %d", round)
+			took += backlog(b, func() (int64, string) {
+				for i := range int64(benchRows) {
+					if _, err := srcConn.Exec(ctx, `UPDATE visit SET notes = $2 WHERE id = $1`, first+i, notes); err != nil {
+						b.Fatal(err)
+					}
+				}
+				return first + benchRows - 1, notes
+			})
+		}
+		b.ReportMetric(float64(b.N*benchRows)/took.Seconds(), "rows/s")
+	})
 }

@@ -485,9 +485,9 @@ func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st s
 	// fast statement met a change that needs judging; unique_violation is
 	// what a grouped run may cause; anything the database refused, what a
 	// reordered batch may.
-	var missed *pgconn.PgError
-	if errors.As(ferr, &missed) && missed.Code == fastMissed {
-		w.missedFast(b.Source, missed.SchemaName, missed.TableName)
+	if failedRun != nil && failedRun.fast() {
+		// A fast statement missed, or its insert met an existing key.
+		w.missedFast(b.Source, failedRun.p.t.Schema, failedRun.p.t.Name)
 	}
 	if pe := (*pgconn.PgError)(nil); errors.As(ferr, &pe) && (pe.Code == fastMissed ||
 		!infrastructure(ferr) && (reordered || slices.ContainsFunc(runs, (*run).fast) ||

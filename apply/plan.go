@@ -100,6 +100,7 @@ type run struct {
 	cols      []int        // incoming columns the inserts and updates write, in relation order
 	unchanged []string     // columns the updates left out as unchanged TOAST values
 	keyChange bool         // an update that moves its row to another key (alone in its run)
+	ops       uint8        // the operations the run holds (opBit)
 	items     []item
 	// optimistic lets inserts and updates of a table with another unique
 	// index share the run; see planRuns.
@@ -119,10 +120,7 @@ func (r *run) fast() bool {
 	if !r.optimistic || r.judge || r.kind != runJudged || !r.p.keyed || !r.p.arbiter || r.keyChange || len(r.cols) == 0 || !keyWritten(r) {
 		return false
 	}
-	if !r.hasIU {
-		return false
-	}
-	return len(fastSets(r)) > 0
+	return r.hasIU && (!r.has(pgcourier.OpUpdate) || len(fastSets(r)) > 0)
 }
 
 // hazardous reports whether the run groups inserts or updates of a table
@@ -142,7 +140,7 @@ func (r *run) single() bool { return len(r.items) == 1 }
 func (r *run) signature() string {
 	var sb strings.Builder
 	sb.WriteString(r.p.shape)
-	fmt.Fprintf(&sb, "\x00%d%t%t%t", r.kind, r.keyChange, r.single(), r.fast())
+	fmt.Fprintf(&sb, "\x00%d%t%t%t%d", r.kind, r.keyChange, r.single(), r.fast(), r.ops)
 	for _, c := range r.cols {
 		sb.WriteString("\x00" + strconv.Itoa(c))
 	}
@@ -230,8 +228,25 @@ func (r *run) add(c shaped) {
 	if c.key != "" {
 		r.keys[c.key] = true
 	}
+	r.ops |= opBit(c.it.ch.Op)
 	r.items = append(r.items, c.it)
 }
+
+// opBit is op's bit in run.ops.
+func opBit(op pgcourier.Op) uint8 {
+	switch op {
+	case pgcourier.OpInsert:
+		return 1
+	case pgcourier.OpUpdate:
+		return 2
+	case pgcourier.OpDelete:
+		return 4
+	}
+	return 8
+}
+
+// has reports whether the run holds a change with operation op.
+func (r *run) has(op pgcourier.Op) bool { return r.ops&opBit(op) != 0 }
 
 // accepts reports whether c can join the run: applying them together has
 // the effect of applying them one by one in order.

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	pgcourier "github.com/pgcourier/pgcourier"
 )
 
 // argKind names a statement parameter; statements are cached by run shape,
@@ -172,10 +174,13 @@ const fastMissed = "PGC01"
 // fast applies a run whose every change the last-writer rules would let
 // through: inserts of keys that do not exist upstream, updates and deletes
 // of rows this source wrote last. It skips the judging, and fails (with
-// SQLSTATE fastMissed) if any change is not such a change, or a row is not
-// where it should be; only an optimistic plan uses it, so the writer then
-// applies the batch again with judged statements.
+// SQLSTATE fastMissed, or unique_violation for an insert of a key that
+// exists) if any change is not such a change; only an optimistic plan uses
+// it, so the writer then applies the batch again with judged statements.
 func fast(r *run) stmt {
+	if r.ops == opBit(pgcourier.OpInsert) {
+		return fastInsert(r)
+	}
 	g := gen{scalar: r.single()}
 	t := r.p.t
 	var names, params, sel []string
@@ -186,23 +191,58 @@ func fast(r *run) stmt {
 	g.w("WITH inc AS (\n  SELECT ", strings.Join(sel, ", "), "\n    FROM ")
 	g.rows(names, params)
 	g.w("\n),\n")
-	ours := "(t.xmin = pg_catalog.pg_current_xact_id()::xid OR (pg_catalog.pg_xact_commit_timestamp_origin(t.xmin)).roident = " + g.param(argOrigin, 0) + ")"
-	at := matchCond(r, "inc")
-	g.w("del AS (\n  DELETE FROM ", t.ident, " t USING inc WHERE inc.op = 'D' AND ", at, " AND ", ours, "\n  RETURNING 1\n),\n")
-	g.w("upd AS (\n  UPDATE ", t.ident, " t SET ", strings.Join(fastSets(r), ", "), "\n",
-		"    FROM inc WHERE inc.op = 'U' AND ", at, " AND ", ours, "\n  RETURNING 1\n),\n")
-	var keyCols []string
-	for _, c := range r.p.match {
-		keyCols = append(keyCols, ident(r.p.rel.Columns[c].Name))
+	// A CTE per operation the run holds; the counts of their rows must
+	// add up to the run's changes.
+	var ctes, counts []string
+	if r.has(pgcourier.OpDelete) || r.has(pgcourier.OpUpdate) {
+		ours := "(t.xmin = pg_catalog.pg_current_xact_id()::xid OR (pg_catalog.pg_xact_commit_timestamp_origin(t.xmin)).roident = " + g.param(argOrigin, 0) + ")"
+		at := matchCond(r, "inc")
+		if r.has(pgcourier.OpDelete) {
+			ctes = append(ctes, "del AS (\n  DELETE FROM "+t.ident+" t USING inc WHERE inc.op = 'D' AND "+at+" AND "+ours+"\n  RETURNING 1\n)")
+			counts = append(counts, "(SELECT count(*) FROM del)")
+		}
+		if r.has(pgcourier.OpUpdate) {
+			ctes = append(ctes, "upd AS (\n  UPDATE "+t.ident+" t SET "+strings.Join(fastSets(r), ", ")+"\n"+
+				"    FROM inc WHERE inc.op = 'U' AND "+at+" AND "+ours+"\n  RETURNING 1\n)")
+			counts = append(counts, "(SELECT count(*) FROM upd)")
+		}
 	}
-	cols, vals := insertCols(r, "inc")
-	g.w("ins AS (\n  INSERT INTO ", t.ident, " (", strings.Join(cols, ", "), ")", overriding(r), "\n",
-		"  SELECT ", strings.Join(vals, ", "), " FROM inc WHERE inc.op = 'I' ORDER BY inc.pos\n",
-		"  ON CONFLICT (", strings.Join(keyCols, ", "), ") DO NOTHING\n  RETURNING 1\n)\n")
-	g.w("SELECT pgcourier.apply_fast_check((SELECT count(*) FROM del) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins) = (SELECT count(*) FROM inc), ",
-		literal(t.Schema), ", ", literal(t.Name), "),\n",
-		"       (SELECT count(*) FROM del) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins), 0::int8")
+	if r.has(pgcourier.OpInsert) {
+		// No ON CONFLICT: a key that exists raises unique_violation, which
+		// sends the batch to the judged plan as a miss would, and a plain
+		// insert costs less than a speculative one.
+		cols, vals := insertCols(r, "inc")
+		ctes = append(ctes, "ins AS (\n  INSERT INTO "+t.ident+" ("+strings.Join(cols, ", ")+")"+overriding(r)+"\n"+
+			"  SELECT "+strings.Join(vals, ", ")+" FROM inc WHERE inc.op = 'I' ORDER BY inc.pos\n  RETURNING 1\n)")
+		counts = append(counts, "(SELECT count(*) FROM ins)")
+	}
+	done := strings.Join(counts, " + ")
+	g.w(strings.Join(ctes, ",\n"), "\n",
+		"SELECT pgcourier.apply_fast_check(", done, " = (SELECT count(*) FROM inc), ", literal(t.Schema), ", ", literal(t.Name), "),\n",
+		"       ", done, ", 0::int8")
 	return g.stmt()
+}
+
+// fastInsert is the fast statement of a run of inserts only: a plain
+// INSERT, which inserts every row or fails, so there is nothing to count.
+func fastInsert(r *run) stmt {
+	g := gen{scalar: r.single()}
+	var names, params []string
+	add := func(name, param string) { names = append(names, name); params = append(params, param) }
+	add("pos", g.param(argPos, 0))
+	sel := g.values(r, false, false, add, nil)
+	cols, _ := insertCols(r, "")
+	vals := make([]string, len(sel))
+	for i, v := range sel {
+		vals[i], _, _ = strings.Cut(v, " AS ")
+	}
+	g.w("INSERT INTO ", r.p.t.ident, " (", strings.Join(cols, ", "), ")", overriding(r), "\n",
+		"SELECT ", strings.Join(vals, ", "), " FROM ")
+	g.rows(names, params)
+	g.w(" ORDER BY u.pos")
+	sm := g.stmt()
+	sm.exec = true
+	return sm
 }
 
 // fastSets returns the SET list of the fast statement's updates: every
