@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -25,17 +26,28 @@ func (w *Writer) Deliver(ctx context.Context, parcels []pgcourier.Parcel) ([]pgc
 	if err := pgcourier.CheckParcels(parcels); err != nil {
 		return nil, fmt.Errorf("deliver: %w", err)
 	}
+	// The next parcel decodes while this one applies.
+	decoded := make(chan decodedParcel, 1)
+	dctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop()
+	wg.Go(func() { decodeAhead(dctx, parcels, decoded) })
+
 	receipts := make([]pgcourier.Receipt, 0, len(parcels))
 	for _, p := range parcels {
 		r := pgcourier.Receipt{Source: p.Source, Epoch: p.Epoch, Seq: p.Seq}
-		b := p.Batch
-		if b == nil {
-			var err error
-			if b, err = wire.Decode(p.Data); err != nil {
-				r.Outcome, r.Error = pgcourier.Refused, fmt.Sprintf("%v: %v", ErrInvalid, err)
-				return append(receipts, r), nil
-			}
+		var d decodedParcel
+		select {
+		case d = <-decoded:
+		case <-ctx.Done():
+			return receipts, ctx.Err()
 		}
+		if d.err != nil {
+			r.Outcome, r.Error = pgcourier.Refused, fmt.Sprintf("%v: %v", ErrInvalid, d.err)
+			return append(receipts, r), nil
+		}
+		b := d.batch
 		if b.Source != p.Source || b.Epoch != p.Epoch || b.Seq != p.Seq {
 			r.Outcome = pgcourier.Refused
 			r.Error = fmt.Sprintf("%v: parcel says %s epoch %d seq %d, its batch %s epoch %d seq %d",
@@ -55,6 +67,28 @@ func (w *Writer) Deliver(ctx context.Context, parcels []pgcourier.Parcel) ([]pgc
 		}
 	}
 	return receipts, nil
+}
+
+// decodedParcel is a parcel's batch, or why it does not decode.
+type decodedParcel struct {
+	batch *pgcourier.Batch
+	err   error
+}
+
+// decodeAhead sends the batch of every parcel to out in order, decoding
+// those that come without one, until ctx is done.
+func decodeAhead(ctx context.Context, parcels []pgcourier.Parcel, out chan<- decodedParcel) {
+	for _, p := range parcels {
+		d := decodedParcel{batch: p.Batch}
+		if d.batch == nil {
+			d.batch, d.err = wire.Decode(p.Data)
+		}
+		select {
+		case out <- d:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // receipt fills r from what Apply did.

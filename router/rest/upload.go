@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"runtime"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -138,14 +140,34 @@ func (h *Handler) readParcels(w http.ResponseWriter, r *http.Request, source str
 		}
 		parcels[i] = pgcourier.Parcel{Source: hd.Source, Epoch: hd.Epoch, Seq: hd.Seq, Rows: hd.Rows, Data: data}
 	}
-	for i := range parcels {
-		b, err := wire.Decode(parcels[i].Data)
+	errs := decodeAll(parcels)
+	for i, err := range errs {
 		if err != nil {
 			return nil, &refusal{http.StatusBadRequest, fmt.Sprintf("batch %d of the body (seq %d) cannot be read: %v", i, parcels[i].Seq, err)}
 		}
-		parcels[i].Batch = b
 	}
 	return parcels, nil
+}
+
+// decodeAll decodes every parcel's batch into its Batch field, on as many
+// goroutines as there are processors, and returns each parcel's error.
+func decodeAll(parcels []pgcourier.Parcel) []error {
+	errs := make([]error, len(parcels))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(parcels)) {
+		wg.Go(func() {
+			for i := range next {
+				parcels[i].Batch, errs[i] = wire.Decode(parcels[i].Data)
+			}
+		})
+	}
+	for i := range parcels {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return errs
 }
 
 func (h *Handler) tooLarge() *refusal {
