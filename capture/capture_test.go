@@ -418,7 +418,7 @@ func TestSetup(t *testing.T) {
 
 	// A dropped slot is never recreated silently.
 	c.Exec(t, `SELECT pg_drop_replication_slot($1)`, testSlot)
-	if _, err := Setup(ctx, conn, opts); !errors.Is(err, ErrSlotLost) || !strings.Contains(err.Error(), "DELETE FROM pgcourier.capture_state") {
+	if _, err := Setup(ctx, conn, opts); !errors.Is(err, ErrSlotLost) || !strings.Contains(err.Error(), "pgcourier resync -c FILE") {
 		t.Errorf("Setup after the slot was dropped = %v, want ErrSlotLost with the recovery", err)
 	}
 	c.Exec(t, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, testSlot) // for the cleanup

@@ -339,11 +339,9 @@ func (st slotState) check(slot string, known bool) error {
 }
 
 // resyncHint is the recovery from a lost slot: start a new epoch, whose
-// snapshot copies every row again. The outbox keeps what it holds of the
-// old epoch and still ships it.
+// snapshot copies every row again (see Resync). The outbox keeps what it
+// holds of the old epoch and still ships it.
 func resyncHint(slot string) string {
-	return fmt.Sprintf("To start a new epoch with a fresh snapshot of every captured table, run as a superuser: "+
-		"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '%[1]s'; "+
-		"DELETE FROM pgcourier.capture_state WHERE slot = '%[1]s'; DELETE FROM pgcourier.snapshot_progress WHERE slot = '%[1]s'; "+
-		"then pgcourier init -c FILE", slot)
+	return fmt.Sprintf("To start a new epoch of slot %s with a fresh snapshot of every captured table, "+
+		"stop pgcourier on this node and run: pgcourier resync -c FILE", slot)
 }

@@ -50,6 +50,7 @@ func commands() []command {
 		{"status", "show what is pending, stuck or failing on the node", runStatus},
 		{"doctor", "check the node's database and print the fix for every problem", runDoctor},
 		{"conflicts", "list the changes the applier kept instead of applying", runConflicts},
+		{"resync", "start a new epoch with a fresh snapshot after the replication slot was lost", runResync},
 		{"park", "set aside the batch a source is blocked on, keeping it whole, so the rest can flow", runPark},
 		{"token", "print a new token for a node and the lines its upstream needs", runToken},
 		{"demo", "run two laptops and a server on throw-away Postgres clusters, and check the result", runDemo},

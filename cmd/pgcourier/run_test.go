@@ -285,3 +285,48 @@ func (s *syncWriter) String() string {
 	defer s.mu.Unlock()
 	return s.w.String()
 }
+
+// TestResyncCommand loses a client's slot: run stops with the recovery,
+// resync starts a new epoch, and the server ends with every row.
+func TestResyncCommand(t *testing.T) {
+	cs := pgtest.StartN(t, 2)
+	laptop, server := cs[0], cs[1]
+	addr, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, upstream := pair(t, laptop, server, addr)
+	node(t, upstream)
+	stopClient := node(t, client)
+	laptop.Exec(t, `INSERT INTO public.visit SELECT g, 'first', 60 FROM generate_series(1, 10) g`)
+	waitFor(t, 20*time.Second, "the first rows upstream", func() bool {
+		return count(t, server, `SELECT count(*) FROM public.visit`) == 10
+	})
+	if err := stopClient(); err != nil {
+		t.Fatal(err)
+	}
+
+	if code, _, errOut := runCmd(t, "resync", "-c", client); code != exitFail || !strings.Contains(errOut, "--force") {
+		t.Errorf("resync of a healthy slot = %d, %q; want 1 and a word about --force", code, errOut)
+	}
+	laptop.Exec(t, `SELECT pg_drop_replication_slot('pgcourier_laptop_07')`)
+	laptop.Exec(t, `INSERT INTO public.visit SELECT g, 'while lost', 61 FROM generate_series(11, 20) g`)
+	cfg, err := config.Load(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runNode(t.Context(), cfg, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "pgcourier resync") {
+		t.Errorf("run with a lost slot = %v, want an error naming pgcourier resync", err)
+	}
+	code, out, errOut := runCmd(t, "resync", "-c", client)
+	if code != exitOK || !strings.Contains(out, "new epoch") {
+		t.Fatalf("resync = %d, %q, %q; want 0 and a new epoch", code, out, errOut)
+	}
+	node(t, client)
+	waitFor(t, 30*time.Second, "every row upstream", func() bool {
+		return count(t, server, `SELECT count(*) FROM public.visit`) == 20
+	})
+	if n := count(t, server, `SELECT count(*) FROM pgcourier.source_epochs WHERE source = 'laptop-07'`); n != 2 {
+		t.Errorf("epochs of laptop-07 upstream = %d, want 2", n)
+	}
+}
