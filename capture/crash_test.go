@@ -237,7 +237,7 @@ func TestCaptureKill9(t *testing.T) {
 			case <-done:
 				killed <- nil
 				return
-			case <-time.After(time.Duration(50+rand.IntN(450)) * time.Millisecond):
+			case <-time.After(time.Duration(20+rand.IntN(230)) * time.Millisecond):
 			}
 			if err := child.restart(true); err != nil {
 				killed <- err
