@@ -92,7 +92,8 @@ type snapshotter struct {
 	queue     []*snapTable
 	cur       *chunk
 	started   time.Time
-	lastLog   time.Time
+	lastLog   time.Time // the last progress record
+	lastInfo  time.Time // the last one at Info
 }
 
 func newSnapshotter(ctx context.Context, url, slot string, chunkRows int, log *slog.Logger) (*snapshotter, error) {
@@ -439,10 +440,21 @@ func (sn *snapshotter) marker(m string, commit pgcourier.Transaction) (tx *pgcou
 		sn.queue = sn.queue[1:]
 		elapsed := time.Since(sn.started)
 		sn.log.Info("snapshot finished", "table", t.name, "rows", t.rowsDone, "elapsed", elapsed.Round(time.Millisecond))
-	} else if time.Since(sn.lastLog) >= 5*time.Second {
+	} else if time.Since(sn.lastLog) >= time.Second {
+		// A log line every 5 s; every second at Debug, for a progress
+		// bar on a terminal.
+		level := slog.LevelDebug
+		if time.Since(sn.lastInfo) >= 5*time.Second {
+			level, sn.lastInfo = slog.LevelInfo, time.Now()
+		}
 		sn.lastLog = time.Now()
 		rate := float64(t.rowsDone) / time.Since(sn.started).Seconds()
-		sn.log.Info("snapshot progress", "table", t.name, "rows_done", t.rowsDone, "rows_estimate", t.estimate, "rows_per_s", int64(rate))
+		sn.log.Log(context.Background(), level, ProgressMessage, "table", t.name, "rows_done", t.rowsDone, "rows_estimate", t.estimate, "rows_per_s", int64(rate))
 	}
 	return out, p, ch.bytes
 }
+
+// ProgressMessage is the message of the log records that report how far a
+// table's snapshot has got, with the attributes table, rows_done,
+// rows_estimate and rows_per_s: every 5 s at Info, every second at Debug.
+const ProgressMessage = "snapshot progress"

@@ -44,6 +44,11 @@ func newLogger(lc config.Log, w io.Writer) *slog.Logger {
 	if lc.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
+	text := slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})
+	if isTerminal(w) {
+		// Someone is watching: snapshot progress as a bar.
+		return slog.New(newBarHandler(w, text, level))
+	}
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
