@@ -313,6 +313,32 @@ func (r *report) loadRange() (lo, hi float64, ok bool) {
 	return lo, hi, ok
 }
 
+// paceWithCapture lists, per live workload, the pace the workload kept
+// with capture beside it over the pace it kept with pg_recvlogical (decode)
+// attached, such as "W1 1.02×"; "" when the run has no such pair.
+func (r *report) paceWithCapture() string {
+	var out []string
+	for _, w := range r.Workloads {
+		var capture, decode *result
+		for i := range r.Results {
+			res := &r.Results[i]
+			if res.Workload != w.ID || res.Mode != "live" || res.Error != "" || res.OfferedRowsPerS <= 0 {
+				continue
+			}
+			switch res.Contender {
+			case "capture":
+				capture = res
+			case "decode":
+				decode = res
+			}
+		}
+		if capture != nil && decode != nil {
+			out = append(out, fmt.Sprintf("%s %.2f×", w.ID, capture.OfferedRowsPerS/decode.OfferedRowsPerS))
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
 // notes explains the run's particular figures below the table.
 func (r *report) notes(p func(string, ...any)) {
 	if r.Sizes.LagRowsPerS > 0 {
@@ -344,6 +370,10 @@ func (r *report) notes(p func(string, ...any)) {
 	if len(first) > 0 {
 		p("- First row: in backlog mode, from link up to the first row applied at the target: %s. ", strings.Join(first, "; "))
 		p("pgcourier's router probes a route it could not reach every second (±20 %%), so its first row comes within about 1.2 s of link up plus one delivery.\n")
+	}
+	if pace := r.paceWithCapture(); pace != "" {
+		p("- The laptop's own pace with capture beside it: Offered rows/s of capture over that of decode (a bare pg_recvlogical "+
+			"attached), in live mode, same workload, same run: %s.\n", pace)
 	}
 	p("- Peak RSS: only for contenders that run processes of their own (pg_recvlogical; pgcourier's capture, client and server); native and copy work inside Postgres backends.\n")
 	p("- × native: rows/s over native's rows/s for the same workload in this run. Copy's rows are final row images (see Method), not changes.\n")

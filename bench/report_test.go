@@ -185,3 +185,21 @@ func TestRSSCell(t *testing.T) {
 		}
 	}
 }
+
+func TestPaceWithCapture(t *testing.T) {
+	r := sampleReport()
+	if got := r.paceWithCapture(); got != "" {
+		t.Errorf("paceWithCapture without capture = %q, want \"\"", got)
+	}
+	r.Results = append(r.Results, result{Workload: "W1", Contender: "capture", Mode: "live", OfferedRowsPerS: 9025})
+	if got, want := r.paceWithCapture(), "W1 0.95×"; got != want {
+		t.Errorf("paceWithCapture = %q, want %q", got, want)
+	}
+	var b strings.Builder
+	if err := r.markdown(&b, false); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "same workload, same run: W1 0.95×.") {
+		t.Errorf("markdown lacks the pace note:\n%s", b.String())
+	}
+}
