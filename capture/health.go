@@ -44,3 +44,26 @@ func Health(ctx context.Context, conn *pgx.Conn, slot string) (SlotHealth, error
 	}
 	return h, nil
 }
+
+// SnapshotState is how far the initial snapshot of one table has got.
+type SnapshotState struct {
+	Table        string `json:"table"`
+	RowsDone     int64  `json:"rows_done"`
+	RowsEstimate int64  `json:"rows_estimate"` // from the planner's statistics when scheduled; 0 if unknown
+}
+
+// Snapshots returns the snapshots of slot's tables that are not done yet,
+// by table name.
+func Snapshots(ctx context.Context, conn *pgx.Conn, slot string) ([]SnapshotState, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT table_name, rows_done, rows_estimate FROM pgcourier.snapshot_progress
+		 WHERE slot = $1 AND NOT done ORDER BY table_name`, slot)
+	if err != nil {
+		return nil, fmt.Errorf("read snapshot progress: %w", err)
+	}
+	states, err := pgx.CollectRows(rows, pgx.RowToStructByPos[SnapshotState])
+	if err != nil {
+		return nil, fmt.Errorf("read snapshot progress: %w", err)
+	}
+	return states, nil
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/pgcourier/pgcourier/internal/pgtest"
 )
@@ -88,5 +89,38 @@ func TestResync(t *testing.T) {
 	}
 	if lost != 11 {
 		t.Errorf("rows changed while the slot was lost, in the new epoch's snapshot: %d, want 11", lost)
+	}
+}
+
+// TestSnapshots reads the snapshots under way: pending before capture
+// runs, none once it has copied the rows.
+func TestSnapshots(t *testing.T) {
+	c := pgtest.Start(t)
+	c.Exec(t, `CREATE TABLE visit (id int PRIMARY KEY, note text)`)
+	c.Exec(t, `INSERT INTO visit SELECT g, 'x' FROM generate_series(1, 300) g; ANALYZE visit`)
+	prepare(t, c, allPublic)
+	conn := c.Connect(t)
+	ctx := context.Background()
+	got, err := Snapshots(ctx, conn, testSlot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Table != "public.visit" || got[0].RowsDone != 0 || got[0].RowsEstimate != 300 {
+		t.Errorf("Snapshots before capture = %+v, want public.visit, 0 of 300 rows", got)
+	}
+	runCapture(t, testOptions(c, allPublic))
+	waitChanges(t, conn, 300)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		got, err := Snapshots(ctx, conn, testSlot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Snapshots after the copy = %+v, want none", got)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

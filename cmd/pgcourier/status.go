@@ -35,7 +35,9 @@ type outboxStatus struct {
 	SlotActive        bool          `json:"slot_active"`
 	CaptureLagBytes   int64         `json:"capture_lag_bytes"`
 	RetainedWALBytes  int64         `json:"retained_wal_bytes"`
-	Routes            []routeStatus `json:"routes"`
+	// Snapshots are the initial copies of tables still under way.
+	Snapshots []capture.SnapshotState `json:"snapshots"`
+	Routes    []routeStatus           `json:"routes"`
 }
 
 type routeStatus struct {
@@ -137,6 +139,10 @@ func outboxReport(ctx context.Context, conn *pgx.Conn, cfg *config.Config, rep *
 	if err != nil {
 		return nil, err
 	}
+	snaps, err := capture.Snapshots(ctx, conn, cfg.Capture.Slot)
+	if err != nil {
+		return nil, err
+	}
 	out := &outboxStatus{
 		PendingBatches:   st.Pending,
 		PendingRows:      st.PendingRows,
@@ -146,6 +152,7 @@ func outboxReport(ctx context.Context, conn *pgx.Conn, cfg *config.Config, rep *
 		SlotActive:       h.Active,
 		CaptureLagBytes:  h.LagBytes,
 		RetainedWALBytes: h.RetainedBytes,
+		Snapshots:        append([]capture.SnapshotState{}, snaps...),
 		Routes:           []routeStatus{},
 	}
 	if !st.Oldest.IsZero() {
@@ -198,6 +205,13 @@ func printStatus(w io.Writer, rep *statusReport) {
 			active = "streaming"
 		}
 		fmt.Fprintf(w, "  capture: slot %s %s, %d bytes behind, %d bytes of WAL kept\n", o.Slot, active, o.CaptureLagBytes, o.RetainedWALBytes)
+		for _, sn := range o.Snapshots {
+			of := ""
+			if sn.RowsEstimate > 0 {
+				of = " of about " + thousands(sn.RowsEstimate)
+			}
+			fmt.Fprintf(w, "  snapshot of %s: %s%s rows copied so far\n", sn.Table, thousands(sn.RowsDone), of)
+		}
 		for _, r := range o.Routes {
 			last := "never delivered"
 			if r.LastSuccessAt != nil {
