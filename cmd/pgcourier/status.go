@@ -26,15 +26,15 @@ type statusReport struct {
 
 // outboxStatus is a capturing node's side of status.
 type outboxStatus struct {
-	PendingBatches    int           `json:"pending_batches"`
-	PendingRows       int64         `json:"pending_rows"`
-	PendingBytes      int64         `json:"pending_bytes"`
-	OldestPendingAgeS float64       `json:"oldest_pending_age_s"`
-	RelayedBatches    int           `json:"relayed_batches"`
-	Slot              string        `json:"slot"`
-	SlotActive        bool          `json:"slot_active"`
-	CaptureLagBytes   int64         `json:"capture_lag_bytes"`
-	RetainedWALBytes  int64         `json:"retained_wal_bytes"`
+	PendingBatches    int     `json:"pending_batches"`
+	PendingRows       int64   `json:"pending_rows"`
+	PendingBytes      int64   `json:"pending_bytes"`
+	OldestPendingAgeS float64 `json:"oldest_pending_age_s"`
+	RelayedBatches    int     `json:"relayed_batches"`
+	Slot              string  `json:"slot"`
+	SlotActive        bool    `json:"slot_active"`
+	CaptureLagBytes   int64   `json:"capture_lag_bytes"`
+	RetainedWALBytes  int64   `json:"retained_wal_bytes"`
 	// Snapshots are the initial copies of tables still under way.
 	Snapshots []capture.SnapshotState `json:"snapshots"`
 	Routes    []routeStatus           `json:"routes"`
