@@ -42,6 +42,13 @@ type tableLinks struct {
 	// Referenced: some foreign key references this table, so deleting or
 	// re-keying its rows can cascade or be refused.
 	Referenced bool `json:"referenced"`
+	// Cascades: a foreign key referencing this table acts on update or
+	// delete (CASCADE, SET NULL, SET DEFAULT): changing its rows changes
+	// rows of other tables.
+	Cascades bool `json:"cascades"`
+	// Triggers: the table has triggers of its own (not those behind
+	// constraints), which may read or write other tables.
+	Triggers bool `json:"triggers"`
 }
 
 // tableIndex is a unique index or an exclusion constraint.
@@ -92,7 +99,10 @@ SELECT q.i::int, c.oid,
   json_build_object(
     'parents', coalesce((SELECT json_agg(DISTINCT f.confrelid::int8) FROM pg_catalog.pg_constraint f
                           WHERE f.conrelid = c.oid AND f.contype = 'f' AND NOT f.condeferrable AND f.confrelid <> c.oid), '[]'),
-    'referenced', EXISTS (SELECT FROM pg_catalog.pg_constraint f WHERE f.confrelid = c.oid AND f.contype = 'f'))::text
+    'referenced', EXISTS (SELECT FROM pg_catalog.pg_constraint f WHERE f.confrelid = c.oid AND f.contype = 'f'),
+    'cascades', EXISTS (SELECT FROM pg_catalog.pg_constraint f WHERE f.confrelid = c.oid AND f.contype = 'f'
+                          AND (f.confupdtype IN ('c', 'n', 'd') OR f.confdeltype IN ('c', 'n', 'd'))),
+    'triggers', EXISTS (SELECT FROM pg_catalog.pg_trigger tg WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal))::text
 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(s, n, i)
 LEFT JOIN pg_catalog.pg_namespace ns ON ns.nspname = q.s
 LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid AND c.relname = q.n AND c.relkind IN ('r', 'p')

@@ -482,16 +482,16 @@ func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st s
 		failedRun = nil // a deferred constraint: the error names the table
 	}
 	// The optimistic plan failed: the cautious one may not (planRuns). A
-	// fast statement met a change that needs judging; unique_violation is
-	// what a grouped run may cause; anything the database refused, what a
-	// reordered batch may.
+	// fast statement met a change that needs judging; an integrity error
+	// (a unique or exclusion violation) is what a grouped run may cause;
+	// anything the database refused, what a reordered batch may.
 	if failedRun != nil && failedRun.fast() {
 		// A fast statement missed, or its insert met an existing key.
 		w.missedFast(b.Source, failedRun.p.t.Schema, failedRun.p.t.Name)
 	}
 	if pe := (*pgconn.PgError)(nil); errors.As(ferr, &pe) && (pe.Code == fastMissed ||
 		!infrastructure(ferr) && (reordered || slices.ContainsFunc(runs, (*run).fast) ||
-			pe.Code == "23505" && slices.ContainsFunc(runs, (*run).hazardous))) {
+			strings.HasPrefix(pe.Code, "23") && slices.ContainsFunc(runs, (*run).hazardous))) {
 		return Result{}, errRegroup
 	}
 	if infrastructure(ferr) {

@@ -329,9 +329,12 @@ func planRuns(b *pgcourier.Batch, plans map[*pgcourier.Relation]*relPlan, cautio
 // referencing them, otherwise in the order the batch first touches them,
 // and each table's changes in their source order. It reports whether the
 // order changed. It leaves the order alone when grouping could change what
-// the changes do, not only whether they succeed: a TRUNCATE, a delete or
-// key change of a row other tables may reference (a cascade would act at
-// another moment), or foreign keys in a cycle.
+// the changes do, not only whether they succeed: a TRUNCATE; a delete or
+// key change of a row other tables may reference, or any change of a table
+// whose rows others reference with a cascading action (a cascade would act
+// at another moment, and what it writes counts as this batch's own); a
+// table with triggers of its own (they may read or write other tables); or
+// foreign keys in a cycle.
 func byTable(shapes []shaped) ([]shaped, bool) {
 	seen := map[*table]bool{}
 	var tables []*table // in order of first appearance
@@ -341,6 +344,9 @@ func byTable(shapes []shaped) ([]shaped, bool) {
 			return shapes, false
 		}
 		if t.Links.Referenced && (c.it.ch.Op == pgcourier.OpDelete || c.keyChange) {
+			return shapes, false
+		}
+		if t.Links.Cascades && c.it.ch.Op != pgcourier.OpInsert || t.Links.Triggers {
 			return shapes, false
 		}
 		if !seen[t] {
