@@ -1,11 +1,15 @@
 package apply
 
 import (
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	pgcourier "github.com/pgcourier/pgcourier"
+	"github.com/pgcourier/pgcourier/internal/pgtest"
+	"github.com/pgcourier/pgcourier/internal/schema"
 	"github.com/pgcourier/pgcourier/internal/sinktest"
 )
 
@@ -33,4 +37,59 @@ func TestRouteConformance(t *testing.T) {
 		t.Cleanup(r.Close)
 		return r
 	})
+}
+
+// TestRouteTakesUpstreamPolicy delivers through the postgres route into an
+// upstream that applies with the reject policy: the route applies as the
+// upstream's own listener would, keeping the change as a conflict.
+func TestRouteTakesUpstreamPolicy(t *testing.T) {
+	c := sinktest.Upstream(t)
+	conn := c.Connect(t)
+	if err := schema.RecordPolicy(t.Context(), conn, string(Reject)); err != nil {
+		t.Fatal(err)
+	}
+	c.Exec(t, `INSERT INTO public.visit VALUES (1, 'server', 'a local edit')`)
+	cfg, err := pgx.ParseConfig(c.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewRoute(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	b := sinktest.Batch("laptop-01", 1, 1, 0)
+	b.Transactions[0].CommitTime = time.Now().Add(time.Hour) // newer: last-writer-wins would apply it
+	b.Transactions[0].Changes = []pgcourier.Change{{Rel: sinktest.Visit, Op: pgcourier.OpUpdate,
+		New: []pgcourier.Value{pgcourier.TextValue("1"), pgcourier.TextValue("laptop-01"), pgcourier.TextValue("from the field")}}}
+	receipts, err := r.Deliver(t.Context(), []pgcourier.Parcel{sinktest.Encode(t, b)})
+	if err != nil || len(receipts) != 1 || receipts[0].Outcome != pgcourier.Applied {
+		t.Fatalf("Deliver = %+v, %v; want applied", receipts, err)
+	}
+	var note string
+	var conflicts int
+	if err := conn.QueryRow(t.Context(), `SELECT note, (SELECT count(*) FROM pgcourier.conflicts WHERE rule = 'reject') FROM public.visit WHERE id = 1`).Scan(&note, &conflicts); err != nil {
+		t.Fatal(err)
+	}
+	if note != "a local edit" || conflicts != 1 {
+		t.Errorf("upstream row note %q with %d reject conflicts; want the local edit kept and 1", note, conflicts)
+	}
+}
+
+// TestRouteRefusesOldUpstream delivers into a database pgcourier init has
+// not prepared: the route says what to run.
+func TestRouteRefusesOldUpstream(t *testing.T) {
+	c := pgtest.Start(t)
+	cfg, err := pgx.ParseConfig(c.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewRoute(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	if _, err := r.Progress(t.Context(), "laptop-01"); err == nil || !strings.Contains(err.Error(), "pgcourier init") {
+		t.Errorf("Progress on an unprepared upstream = %v, want an error naming pgcourier init", err)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	pgcourier "github.com/pgcourier/pgcourier"
+	"github.com/pgcourier/pgcourier/internal/schema"
 )
 
 // Route is the postgres route: a sender's way of applying its batches
@@ -29,7 +30,9 @@ var _ pgcourier.Sink = (*Route)(nil)
 
 // NewRoute returns the postgres route to the database cfg connects to. The
 // Node field of opts is ignored: it is the upstream's, read from its
-// database. The upstream database applies with opts' policies.
+// database, as is the conflict policy when the upstream recorded one
+// ("pgcourier init" or "run" upstream do), so that this route applies as
+// the upstream's own listener would.
 func NewRoute(cfg *pgx.ConnConfig, opts Options) (*Route, error) {
 	if cfg == nil {
 		return nil, errors.New("postgres route: no connection config")
@@ -50,13 +53,23 @@ func (r *Route) writer(ctx context.Context) (*Writer, error) {
 		return nil, fmt.Errorf("%w: %w", pgcourier.ErrUnreachable, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	if v, err := schema.Version(ctx, conn); err != nil || v < schema.Latest() {
+		if err == nil {
+			err = fmt.Errorf("the upstream's pgcourier schema is at version %d, this pgcourier needs %d: run \"pgcourier init\" on the upstream node (with a pgcourier as new as this one)", v, schema.Latest())
+		}
+		return nil, err
+	}
 	var node string
-	err = conn.QueryRow(ctx, `SELECT id FROM pgcourier.node`).Scan(&node)
+	var policy *string
+	err = conn.QueryRow(ctx, `SELECT id, conflict FROM pgcourier.node`).Scan(&node, &policy)
 	if err != nil {
 		return nil, fmt.Errorf("read the upstream node id (has \"pgcourier init\" run upstream?): %w", err)
 	}
 	opts := r.opts
 	opts.Node = node
+	if policy != nil && *policy != "" {
+		opts.Policy = Policy(*policy)
+	}
 	w, err := New(r.cfg, opts)
 	if err != nil {
 		return nil, err

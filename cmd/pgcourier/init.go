@@ -37,6 +37,12 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pgcourier init: %v\n", err)
 		return exitFail
 	}
+	if cfg.Role.Applies() {
+		if err := schema.RecordPolicy(ctx, conn, cfg.Apply.Conflict); err != nil {
+			fmt.Fprintf(stderr, "pgcourier init: %v\n", err)
+			return exitFail
+		}
+	}
 	if cfg.Capture != nil {
 		if code := initCapture(ctx, conn, cfg, stdout, stderr); code != exitOK {
 			return code

@@ -143,6 +143,10 @@ func checkSchema(ctx context.Context, cfg *config.Config) error {
 	if owner != cfg.Node {
 		return fmt.Errorf("%w: the database belongs to node %q, this config is node %q", schema.ErrOtherNode, owner, cfg.Node)
 	}
+	if cfg.Role.Applies() {
+		// The postgres routes from below apply with the policy recorded here.
+		return schema.RecordPolicy(ctx, conn, cfg.Apply.Conflict)
+	}
 	return nil
 }
 

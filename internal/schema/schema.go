@@ -198,3 +198,13 @@ func Register(ctx context.Context, conn *pgx.Conn, node string, role pgcourier.R
 	}
 	return nil
 }
+
+// RecordPolicy records the conflict policy the node applies with, for the
+// postgres routes that write into its database from below. The node must be
+// registered.
+func RecordPolicy(ctx context.Context, conn *pgx.Conn, policy string) error {
+	if _, err := conn.Exec(ctx, `UPDATE pgcourier.node SET conflict = $1, updated_at = now() WHERE conflict IS DISTINCT FROM $1`, policy); err != nil {
+		return fmt.Errorf("record conflict policy: %w", err)
+	}
+	return nil
+}

@@ -40,7 +40,8 @@ func Encode(t testing.TB, b *pgcourier.Batch) pgcourier.Parcel {
 	return pgcourier.Parcel{Source: b.Source, Epoch: b.Epoch, Seq: b.Seq, Rows: b.Rows(), Data: data}
 }
 
-var visit = &pgcourier.Relation{Schema: "public", Name: "visit", Columns: []pgcourier.Column{
+// Visit is the relation of the table the suite's batches write.
+var Visit = &pgcourier.Relation{Schema: "public", Name: "visit", Columns: []pgcourier.Column{
 	{Name: "id", Type: "bigint", Key: true},
 	{Name: "source", Type: "text"},
 	{Name: "note", Type: "text"},
@@ -60,7 +61,7 @@ func Batch(source string, epoch int64, seq uint64, rows int) *pgcourier.Batch {
 		CommitTime: time.Date(2026, 11, 1, 8, 0, 0, 0, time.UTC).Add(time.Duration(seq) * time.Second),
 	}
 	for i := range rows {
-		tx.Changes = append(tx.Changes, pgcourier.Change{Rel: visit, Op: pgcourier.OpInsert, New: []pgcourier.Value{
+		tx.Changes = append(tx.Changes, pgcourier.Change{Rel: Visit, Op: pgcourier.OpInsert, New: []pgcourier.Value{
 			pgcourier.TextValue(fmt.Sprint(base + int64(i))),
 			pgcourier.TextValue(source),
 			pgcourier.TextValue(fmt.Sprintf("batch %d row %d", seq, i)),

@@ -43,3 +43,8 @@ BEGIN
     RETURN true;
 END
 $$;
+
+-- The conflict policy the node applies with ([apply] conflict), so that a
+-- postgres route writing straight into this database from below applies
+-- with the same policy as the node's own listener.
+ALTER TABLE pgcourier.node ADD COLUMN conflict text;
