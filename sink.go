@@ -110,6 +110,12 @@ type Sink interface {
 // be reached at all (no route, connection refused, timeout).
 var ErrUnreachable = errors.New("upstream unreachable")
 
+// ErrRejected is wrapped by a Sink's errors when the receiver refused the
+// request itself: a token it does not know or that speaks for another
+// source, a body over its limit, a database password it refuses. Retrying
+// does not help until someone fixes the configuration.
+var ErrRejected = errors.New("upstream refused the request")
+
 // CheckParcels checks that parcels are consecutive batches of one source and
 // epoch, as Sink.Deliver requires.
 func CheckParcels(parcels []Parcel) error {

@@ -57,7 +57,7 @@ func (w *Writer) Deliver(ctx context.Context, parcels []pgcourier.Parcel) ([]pgc
 		res, err := w.Apply(ctx, b)
 		if err != nil {
 			if unreachable(err) {
-				err = fmt.Errorf("%w: %w", pgcourier.ErrUnreachable, err)
+				err = fmt.Errorf("%w: %w", connectClass(err), err)
 			}
 			return receipts, err // it names the batch
 		}

@@ -2,7 +2,7 @@ package capture
 
 import (
 	"context"
-
+	"errors"
 	"fmt"
 	"time"
 
@@ -143,7 +143,8 @@ func (o *Outbox) Trim(ctx context.Context, retention time.Duration) (int64, erro
 }
 
 // RecordRoute records what just happened on a route for status: a
-// delivery up to seq when failure is nil, the failure otherwise.
+// delivery up to seq when failure is nil, the failure otherwise, marked as
+// needing action when it wraps pgcourier.ErrRejected.
 func (o *Outbox) RecordRoute(ctx context.Context, route, target string, seq uint64, failure error) error {
 	var err error
 	if failure == nil {
@@ -155,11 +156,11 @@ func (o *Outbox) RecordRoute(ctx context.Context, route, target string, seq uint
 			route, target, int64(seq))
 	} else {
 		_, err = o.pool.Exec(ctx, `
-			INSERT INTO pgcourier.route_state AS r (route, target, last_error, last_error_at)
-			VALUES ($1, $2, $3, now())
+			INSERT INTO pgcourier.route_state AS r (route, target, last_error, last_error_at, needs_action)
+			VALUES ($1, $2, $3, now(), $4)
 			ON CONFLICT (route) DO UPDATE
-			   SET target = $2, last_error = $3, last_error_at = now(), updated_at = now()`,
-			route, target, failure.Error())
+			   SET target = $2, last_error = $3, last_error_at = now(), needs_action = $4, updated_at = now()`,
+			route, target, failure.Error(), errors.Is(failure, pgcourier.ErrRejected))
 	}
 	if err != nil {
 		return fmt.Errorf("record state of %s: %w", route, err)
@@ -185,6 +186,7 @@ type RouteState struct {
 	LastSeq     uint64
 	LastError   string
 	LastErrorAt time.Time // zero if none
+	NeedsAction bool      // the last error is one someone must fix (pgcourier.ErrRejected)
 }
 
 // Stats returns what the outbox holds.
@@ -212,7 +214,7 @@ func (o *Outbox) Stats(ctx context.Context) (OutboxStats, error) {
 // Routes returns the recorded state of every route, by name.
 func (o *Outbox) Routes(ctx context.Context) (map[string]RouteState, error) {
 	rows, err := o.pool.Query(ctx, `
-		SELECT route, target, last_success_at, coalesce(last_seq, 0), coalesce(last_error, ''), last_error_at
+		SELECT route, target, last_success_at, coalesce(last_seq, 0), coalesce(last_error, ''), last_error_at, needs_action
 		  FROM pgcourier.route_state`)
 	if err != nil {
 		return nil, fmt.Errorf("read route state: %w", err)
@@ -223,7 +225,7 @@ func (o *Outbox) Routes(ctx context.Context) (map[string]RouteState, error) {
 		var r RouteState
 		var ok, failed *time.Time
 		var seq int64
-		if err := rows.Scan(&r.Route, &r.Target, &ok, &seq, &r.LastError, &failed); err != nil {
+		if err := rows.Scan(&r.Route, &r.Target, &ok, &seq, &r.LastError, &failed, &r.NeedsAction); err != nil {
 			return nil, fmt.Errorf("read route state: %w", err)
 		}
 		r.LastSeq = uint64(seq)

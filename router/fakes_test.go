@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -88,11 +89,12 @@ type outboxBatch struct {
 // routeState is what RecordRoute recorded for one route, as the
 // pgcourier.route_state row holds it.
 type routeState struct {
-	Target    string
-	LastSeq   uint64
-	Successes int
-	LastError string
-	Errors    int
+	Target      string
+	LastSeq     uint64
+	Successes   int
+	LastError   string
+	Errors      int
+	NeedsAction bool // the last error wraps pgcourier.ErrRejected
 }
 
 // newFakeOutbox returns an empty outbox whose acknowledgements are checked
@@ -279,6 +281,7 @@ func (o *fakeOutbox) RecordRoute(ctx context.Context, route, target string, seq 
 	} else {
 		st.LastError = failure.Error()
 		st.Errors++
+		st.NeedsAction = errors.Is(failure, pgcourier.ErrRejected)
 	}
 	o.routes[route] = st
 	return nil

@@ -44,7 +44,8 @@ type Outbox interface {
 	// Trim deletes acknowledged batches older than retention.
 	Trim(ctx context.Context, retention time.Duration) (int64, error)
 	// RecordRoute records a route's last success (failure nil, seq the
-	// last seq it delivered) or its last failure, for status.
+	// last seq it delivered) or its last failure, for status; a failure
+	// wrapping pgcourier.ErrRejected is one someone must act on.
 	RecordRoute(ctx context.Context, route, target string, seq uint64, failure error) error
 }
 
@@ -355,9 +356,14 @@ func (r *Router) probe(ctx context.Context, now time.Time, routes []*route) (boo
 			cancel()
 			now = time.Now()
 			switch {
-			case err != nil:
+			case errors.Is(err, pgcourier.ErrUnreachable):
 				rt.down = true
 				rt.nextProbe = now.Add(jitter(r.opts.ProbeInterval))
+			case err != nil:
+				// Reachable but refusing: probing more often would not
+				// help; wait out the backoff.
+				rt.down = false
+				rt.nextProbe = rt.nextTry
 			case rt.down:
 				// The link is back: use it at once.
 				r.log.Info("route reachable again", "route", rt.Name)
@@ -420,7 +426,7 @@ func (r *Router) settle(ctx context.Context, rt *route, receipts []pgcourier.Rec
 	default:
 		r.hold = time.Now().Add(refusedHold)
 		r.report(ctx, rt, slog.LevelError, "batch refused upstream; someone must act",
-			fmt.Errorf("%s seq %d refused: %s", last.Source, last.Seq, last.Error), "seq", last.Seq, "retry_in", refusedHold)
+			fmt.Errorf("%w: %s seq %d: %s", pgcourier.ErrRejected, last.Source, last.Seq, last.Error), "seq", last.Seq, "retry_in", refusedHold)
 	}
 	return nil
 }
@@ -486,11 +492,14 @@ func (r *Router) fail(ctx context.Context, rt *route, err error) {
 	now := time.Now()
 	rt.nextTry = now.Add(wait)
 	rt.nextProbe = now.Add(min(jitter(r.opts.ProbeInterval), wait))
-	level := slog.LevelDebug
-	if rt.failures == 1 {
+	level, msg := slog.LevelDebug, "route failed; backing off"
+	switch {
+	case errors.Is(err, pgcourier.ErrRejected):
+		level, msg = slog.LevelError, "route refused by the upstream; someone must fix the configuration"
+	case rt.failures == 1:
 		level = slog.LevelWarn
 	}
-	r.report(ctx, rt, level, "route failed; backing off", err, "retry_in", wait.Round(time.Millisecond), "failures", rt.failures)
+	r.report(ctx, rt, level, msg, err, "retry_in", wait.Round(time.Millisecond), "failures", rt.failures)
 }
 
 // report logs a problem on rt and records it for status when it is new.

@@ -3,7 +3,9 @@ package router_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -759,5 +761,55 @@ func TestRouterRecordsLastDeliveredSeq(t *testing.T) {
 	}
 	if got := ob.route(sink.name).LastSeq; got != 200 {
 		t.Errorf("last seq recorded for %s = %d, want 200 (the last delivered, 3s ago at least)", sink.name, got)
+	}
+}
+
+// rejectingSink is a receiver that refuses every request, as an upstream
+// that does not know the node's token does.
+type rejectingSink struct {
+	mu                   sync.Mutex
+	progress, deliveries int
+}
+
+func (s *rejectingSink) Deliver(context.Context, []pgcourier.Parcel) ([]pgcourier.Receipt, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.deliveries++
+	return nil, fmt.Errorf("upload: 401 Unauthorized: %w", pgcourier.ErrRejected)
+}
+
+func (s *rejectingSink) Progress(context.Context, string) (pgcourier.Progress, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.progress++
+	return pgcourier.Progress{}, fmt.Errorf("progress: 401 Unauthorized: %w", pgcourier.ErrRejected)
+}
+
+func (s *rejectingSink) calls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.progress + s.deliveries
+}
+
+// TestRouterRejectedRoute checks that a route the upstream refuses is not
+// probed as an unreachable one would be (every ProbeInterval), but retried
+// after its backoff, and that its error is recorded as needing action.
+func TestRouterRejectedRoute(t *testing.T) {
+	t.Parallel()
+	ob := newFakeOutbox(t, nil)
+	ob.add(1, 1, 3)
+	opts := testOptions(t, ob)
+	opts.MinBackoff, opts.MaxBackoff = 300*time.Millisecond, 300*time.Millisecond
+	sink := &rejectingSink{}
+	opts.Routes = []router.Route{{Name: "route[0] rest", Target: "http://server:8470", Sink: sink}}
+	startRouter(t, opts)
+	time.Sleep(1500 * time.Millisecond)
+	// Probing every 30 ms would make about 50 calls; a try every 300 ms
+	// (less a fifth) makes a handful.
+	if n := sink.calls(); n > 12 {
+		t.Errorf("the refusing route got %d requests in 1.5 s, want a try per backoff (at most 12)", n)
+	}
+	if st := ob.route("route[0] rest"); !st.NeedsAction || !strings.Contains(st.LastError, "401") {
+		t.Errorf("route state = %+v, want the 401 recorded as needing action", st)
 	}
 }

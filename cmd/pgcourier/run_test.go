@@ -330,3 +330,27 @@ func TestResyncCommand(t *testing.T) {
 		t.Errorf("epochs of laptop-07 upstream = %d, want 2", n)
 	}
 }
+
+// TestStatusWrongToken runs a client whose token the server does not know:
+// status says, in one line, that the route must be fixed.
+func TestStatusWrongToken(t *testing.T) {
+	cs := pgtest.StartN(t, 2)
+	laptop, server := cs[0], cs[1]
+	addr, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, upstream := pair(t, laptop, server, addr)
+	write(t, filepath.Join(filepath.Dir(client), "token"), "not-the-token")
+	node(t, upstream)
+	node(t, client)
+	laptop.Exec(t, `INSERT INTO public.visit VALUES (1, 'x', 60)`)
+	waitFor(t, 20*time.Second, "status to report the refused route", func() bool {
+		rep, code := status(t, client)
+		return code == exitFail && len(rep.Problems) > 0
+	})
+	rep, _ := status(t, client)
+	if p := rep.Problems[0]; !strings.Contains(p, "route[0] rest") || !strings.Contains(p, "401") {
+		t.Errorf("status problem = %q, want route[0] rest and the 401", p)
+	}
+}

@@ -177,6 +177,10 @@ func outboxReport(ctx context.Context, conn *pgx.Conn, cfg *config.Config, rep *
 			// An error older than the last success has healed.
 			if s.LastError != "" && (s.LastSuccess.IsZero() || s.LastErrorAt.After(s.LastSuccess)) {
 				rs.LastError, rs.LastErrorAt = s.LastError, &s.LastErrorAt
+				if s.NeedsAction {
+					rep.Problems = append(rep.Problems, fmt.Sprintf("%s to %s: %s (fix the route in %s, or the upstream's [[listen.source]] for this node)",
+						name, rs.Target, s.LastError, cfg.File()))
+				}
 			}
 		}
 		out.Routes = append(out.Routes, rs)

@@ -2,6 +2,7 @@ package rest
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -224,5 +225,17 @@ func TestClientHealthz(t *testing.T) {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("GET /healthz = %s, want 200", resp.Status)
+	}
+}
+
+// TestRejectedAnswers checks which answers the router must treat as
+// needing someone to act (pgcourier.ErrRejected): a refused token, another
+// source's id, a body over the limit; not an overloaded server.
+func TestRejectedAnswers(t *testing.T) {
+	for code, want := range map[int]bool{401: true, 403: true, 413: true, 400: true, 408: false, 429: false, 500: false, 503: false} {
+		err := fmt.Errorf("upload to x: %w", &StatusError{StatusCode: code})
+		if got := errors.Is(err, pgcourier.ErrRejected); got != want {
+			t.Errorf("errors.Is(%d answer, ErrRejected) = %t, want %t", code, got, want)
+		}
 	}
 }

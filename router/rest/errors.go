@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/pgcourier/pgcourier"
 )
 
 // StatusError is an error answer from the upstream that the Client does not
@@ -32,4 +34,12 @@ func (e *StatusError) Error() string {
 		s += fmt.Sprintf(" (retry after %s)", e.RetryAfter)
 	}
 	return s
+}
+
+// Is reports whether target is pgcourier.ErrRejected and the answer is one
+// that someone must act on: a client error other than a timeout (408) or
+// too many requests (429).
+func (e *StatusError) Is(target error) bool {
+	return target == pgcourier.ErrRejected && e.StatusCode >= 400 && e.StatusCode < 500 &&
+		e.StatusCode != http.StatusRequestTimeout && e.StatusCode != http.StatusTooManyRequests
 }

@@ -23,6 +23,7 @@ CREATE TABLE pgcourier.route_state (
     last_seq        bigint,                   -- the last seq it delivered
     last_error      text,
     last_error_at   timestamptz,
+    needs_action    boolean     NOT NULL DEFAULT false, -- the last error is one someone must fix (a refused token, password, batch)
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
 
