@@ -85,7 +85,8 @@ ON CONFLICT (source) DO UPDATE SET
   attempts = CASE WHEN (b.epoch, b.seq) = (excluded.epoch, excluded.seq) THEN b.attempts + 1 ELSE 1 END,
   epoch = excluded.epoch, seq = excluded.seq, sqlstate = excluded.sqlstate, table_name = excluded.table_name,
   column_name = excluded.column_name, error = excluded.error, hint = excluded.hint, last_at = now(),
-  payload = coalesce(excluded.payload, b.payload)
+  payload = CASE WHEN (b.epoch, b.seq) = (excluded.epoch, excluded.seq) THEN coalesce(excluded.payload, b.payload)
+                 ELSE excluded.payload END
 RETURNING attempts`
 	retrySQL = `UPDATE pgcourier.blocked SET retry_at = now() + $2::int8 * interval '1 millisecond' WHERE source = $1`
 )

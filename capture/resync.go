@@ -52,22 +52,23 @@ func Resync(ctx context.Context, conn *pgx.Conn, opts SetupOptions, force bool) 
 	if !force && st.exists && known && st.walStatus != "lost" {
 		return res, fmt.Errorf("%w: %s can still be read, and a resync would copy every captured row again; pass --force if that is what you want", ErrSlotHealthy, opts.Slot)
 	}
+	var pid *int32
 	if st.exists {
-		var pid *int32
 		if err := conn.QueryRow(ctx, `SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, opts.Slot).Scan(&pid); err != nil {
 			return res, fmt.Errorf("resync: read slot %s: %w", opts.Slot, err)
 		}
 		if pid != nil {
 			return res, fmt.Errorf("%w: process %d streams slot %s; stop pgcourier on this node first", ErrCaptureRunning, *pid, opts.Slot)
 		}
-		if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, opts.Slot); err != nil {
-			return res, fmt.Errorf("resync: drop slot %s: %w", opts.Slot, err)
-		}
 	}
-	if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, opts.Slot); err != nil {
-		return res, fmt.Errorf("resync: create slot %s: %w", opts.Slot, err)
+	// The new epoch first: if resync stops before the slot is made again,
+	// capture finds no slot for a known epoch and asks for resync again;
+	// it never goes on in the old epoch without a snapshot.
+	var newest int64
+	if err := conn.QueryRow(ctx, `SELECT coalesce(max(epoch), 0) FROM pgcourier.outbox`).Scan(&newest); err != nil {
+		return res, fmt.Errorf("resync: read the outbox's epochs: %w", err)
 	}
-	epoch := max(time.Now().UnixMicro(), old+1)
+	epoch := max(time.Now().UnixMicro(), old+1, newest+1)
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM pgcourier.capture_state WHERE slot = $1`, opts.Slot); err != nil {
 			return err
@@ -80,6 +81,14 @@ func Resync(ctx context.Context, conn *pgx.Conn, opts SetupOptions, force bool) 
 	})
 	if err != nil {
 		return res, fmt.Errorf("resync: record epoch %d: %w", epoch, err)
+	}
+	if st.exists {
+		if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, opts.Slot); err != nil {
+			return res, fmt.Errorf("resync: drop slot %s: %w", opts.Slot, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, opts.Slot); err != nil {
+		return res, fmt.Errorf("resync: create slot %s: %w", opts.Slot, err)
 	}
 	unlock()
 	// Every published table lacks a snapshot record now, and the slot is

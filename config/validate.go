@@ -238,6 +238,8 @@ func (v *validator) capture() {
 	if cp.Retention != "" {
 		if d, err := time.ParseDuration(cp.Retention); err != nil || d < 0 {
 			v.add("capture.retention", `want a duration such as "24h" or "168h", got %q`, cp.Retention)
+		} else if d < time.Minute {
+			v.add("capture.retention", `want at least "1m", got %q: acknowledged batches are kept at least a minute`, cp.Retention)
 		}
 	}
 }

@@ -360,6 +360,11 @@ exclude = ["x", "public.ok"]`),
 			want: []string{`t.toml:7: capture.retention: want a duration such as "24h" or "168h", got "-1h"`},
 		},
 		{
+			name: "retention under a minute",
+			in:   replaceLine(clientBase, 6, "tables = [\"public.*\"]\nretention = \"0s\""),
+			want: []string{`t.toml:7: capture.retention: want at least "1m", got "0s": acknowledged batches are kept at least a minute`},
+		},
+		{
 			name: "slot too long",
 			in:   replaceLine(clientBase, 6, "tables = [\"public.*\"]\nslot = \""+strings.Repeat("s", 64)+"\""),
 			want: []string{`t.toml:7: capture.slot: want 1 to 63 lowercase letters, digits and '_', got 64 characters`},

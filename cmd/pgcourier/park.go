@@ -18,7 +18,9 @@ import (
 func runPark(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var source, reason string
 	var seq uint64
+	var force bool
 	cfg, _, code := configFlags("park", args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&force, "force", false, "park even when this node kept no readable copy of the batch (its changes are then not kept here)")
 		fs.StringVar(&source, "source", "", "the `ID` of the blocked source (required)")
 		fs.Uint64Var(&seq, "seq", 0, "the blocked batch's `SEQ`, as status shows it: a check that the right batch is parked")
 		fs.StringVar(&reason, "reason", "parked by an operator", "why, kept with the parked changes")
@@ -54,11 +56,20 @@ func runPark(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	var batch *pgcourier.Batch
+	why := "this node kept no copy of it"
 	if payload != nil {
 		if batch, err = wire.Decode(payload); err != nil {
-			fmt.Fprintf(stderr, "pgcourier park: the kept copy of %s seq %d does not decode (%v); parking it without its contents\n", source, stuck.Seq, err)
-			batch = nil
+			why, batch = fmt.Sprintf("the copy this node kept does not decode (%v)", err), nil
 		}
+	}
+	if batch == nil && !force {
+		fmt.Fprintf(stderr, "pgcourier park: %s seq %d: %s, so parking it would keep none of its changes here; "+
+			"%s still holds the batch in its outbox until it is acknowledged: fix the cause instead, or pass --force to park it without its changes\n",
+			source, stuck.Seq, why, source)
+		return exitFail
+	}
+	if batch == nil {
+		fmt.Fprintf(stderr, "pgcourier park: %s seq %d: %s; parking it without its changes (--force)\n", source, stuck.Seq, why)
 	}
 	dsn, err := cfg.Database.ConnString()
 	if err != nil {

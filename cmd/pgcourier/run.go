@@ -72,16 +72,18 @@ func runNode(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return errors.New("the middleman role is not supported by this version of pgcourier yet")
 	}
 
-	g, gctx := errgroup.WithContext(ctx)
+	// Build every part first, so that a part that cannot be built leaves
+	// nothing running; then run them all.
+	var parts []func(context.Context) error
 	var wake func()
 	if cfg.Capture != nil && len(cfg.Routes) > 0 {
-		r, closeRoutes, err := newRouter(gctx, cfg, dsn, log)
+		r, closeRoutes, err := newRouter(ctx, cfg, dsn, log)
 		if err != nil {
 			return err
 		}
 		defer closeRoutes()
 		wake = r.Wake
-		g.Go(func() error { return r.Run(gctx) })
+		parts = append(parts, r.Run)
 	}
 	if cfg.Capture != nil {
 		c, err := capture.New(capture.Options{
@@ -96,7 +98,7 @@ func runNode(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		g.Go(func() error { return c.Run(gctx) })
+		parts = append(parts, c.Run)
 	}
 	if cfg.Listen != nil {
 		srv, closeWriter, err := newListener(cfg, dsn, log)
@@ -104,7 +106,11 @@ func runNode(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return err
 		}
 		defer closeWriter()
-		g.Go(func() error { return srv.Run(gctx) })
+		parts = append(parts, srv.Run)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, run := range parts {
+		g.Go(func() error { return run(gctx) })
 	}
 	if cfg.Capture != nil && len(cfg.Routes) == 0 {
 		log.Warn("capturing with no [[route]]: this node's own changes wait in its outbox until a route is configured")

@@ -143,7 +143,7 @@ func (h *Handler) progress(w http.ResponseWriter, r *http.Request, source string
 	}
 	p, err := h.sink.Progress(r.Context(), source)
 	if err != nil {
-		h.log.Warn("read progress", "source", source, "error", err)
+		h.log.Warn("read progress", "source", source, "err", err)
 		h.unavailable(w, r)
 		return
 	}
@@ -200,7 +200,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, ref *refusal) {
 	case http.StatusInternalServerError:
 		level = slog.LevelError
 	}
-	h.log.Log(r.Context(), level, "request refused", "status", ref.status, "error", ref.msg,
+	h.log.Log(r.Context(), level, "request refused", "status", ref.status, "err", ref.msg,
 		"method", r.Method, "path", clip(r.URL.EscapedPath()), "remote", r.RemoteAddr)
 	writeJSON(w, ref.status, errorBody{Error: ref.msg, Status: ref.status})
 }

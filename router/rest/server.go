@@ -116,7 +116,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("requests still in flight at shutdown; closing their connections", "error", err)
+		log.Warn("requests still in flight at shutdown; closing their connections", "err", err)
 		srv.Close()
 	}
 	<-served // http.ErrServerClosed

@@ -46,7 +46,7 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, source, rawSeq 
 		if r.Context().Err() != nil {
 			level = slog.LevelDebug // the sender gave up; it will send again
 		}
-		h.log.Log(r.Context(), level, "deliver batches", "source", source, "seq", seq, "batches", len(parcels), "error", err)
+		h.log.Log(r.Context(), level, "deliver batches", "source", source, "seq", seq, "batches", len(parcels), "err", err)
 		h.unavailable(w, r)
 		return
 	}
