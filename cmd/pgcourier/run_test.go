@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -84,7 +82,7 @@ func node(t *testing.T, file string) (stop func() error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	logs := &syncWriter{w: &bytes.Buffer{}}
+	logs := &logBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	go func() { done <- runNode(ctx, cfg, log) }()
 	stopped := false
@@ -107,7 +105,7 @@ func node(t *testing.T, file string) (stop func() error) {
 			t.Errorf("node %s: %v", cfg.Node, err)
 		}
 		if t.Failed() {
-			t.Logf("log of %s:\n%s", cfg.Node, logs.String())
+			t.Logf("log of %s:\n%s", cfg.Node, logs.tail(200))
 		}
 	})
 	return stop
@@ -266,24 +264,6 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// syncWriter serialises writes to w.
-type syncWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
-}
-
-func (s *syncWriter) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.String()
 }
 
 // TestResyncCommand loses a client's slot: run stops with the recovery,
