@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"time"
 
 	pgcourier "github.com/pgcourier/pgcourier"
 	"github.com/pgcourier/pgcourier/config"
@@ -18,6 +21,7 @@ func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return code
 	}
 	checks := configChecks(cfg)
+	checks = append(checks, routeChecks(ctx, cfg)...)
 	conn, err := connect(ctx, cfg)
 	if err != nil {
 		checks = append(checks, doctor.Check{Name: "database", Detail: err.Error(), Fix: "start Postgres, or correct [database] url"})
@@ -57,6 +61,45 @@ func configChecks(cfg *config.Config) []doctor.Check {
 		if _, err := r.Token(); err != nil {
 			c.OK, c.Detail = false, err.Error()
 			c.Fix = "put the token for " + cfg.Node + " in that file (pgcourier token --node " + cfg.Node + " makes one)"
+		}
+		checks = append(checks, c)
+	}
+	return checks
+}
+
+// routeTimeout bounds the check of one route.
+const routeTimeout = 10 * time.Second
+
+// routeChecks asks every route's upstream where this node's stream stands,
+// as the router's probe does. An upstream out of reach passes (a laptop is
+// often offline); one that refuses the node fails, with the fix.
+func routeChecks(ctx context.Context, cfg *config.Config) []doctor.Check {
+	if cfg.Capture == nil {
+		return nil
+	}
+	var checks []doctor.Check
+	for i, rc := range cfg.Routes {
+		c := doctor.Check{Name: routeName(i, rc) + " " + redactURL(rc.URL), OK: true}
+		sink, closeSink, err := newSink(cfg, rc, slog.New(slog.DiscardHandler))
+		if err != nil {
+			c.OK, c.Detail = false, err.Error()
+			checks = append(checks, c)
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, routeTimeout)
+		p, err := sink.Progress(rctx, cfg.Node)
+		cancel()
+		closeSink()
+		switch {
+		case err == nil && p.AppliedSeq == 0:
+			c.Detail = "reached; nothing from " + cfg.Node + " applied there yet"
+		case err == nil:
+			c.Detail = fmt.Sprintf("reached; %s applied up to seq %d (epoch %d) there", cfg.Node, p.AppliedSeq, p.Epoch)
+		case errors.Is(err, pgcourier.ErrUnreachable):
+			c.Detail = "out of reach now, which is fine while offline: " + err.Error()
+		default:
+			c.OK, c.Detail = false, err.Error()
+			c.Fix = "check the route's url and token (or password) here, and " + cfg.Node + "'s [[listen.source]] lines upstream (pgcourier token --node " + cfg.Node + ")"
 		}
 		checks = append(checks, c)
 	}

@@ -172,32 +172,13 @@ func newRouter(ctx context.Context, cfg *config.Config, dsn string, log *slog.Lo
 	}
 	var routes []router.Route
 	for i, rc := range cfg.Routes {
-		name := fmt.Sprintf("route[%d] %s", i, rc.Kind)
-		var sink pgcourier.Sink
-		switch rc.Kind {
-		case config.RouteREST:
-			token, err := rc.Token()
-			if err != nil {
-				closeAll()
-				return nil, nil, fmt.Errorf("%s: %w", name, err)
-			}
-			sink, err = rest.NewClient(rest.ClientOptions{URL: rc.URL, Token: token, Logger: log.With("route", name)})
-			if err != nil {
-				closeAll()
-				return nil, nil, fmt.Errorf("%s: %w", name, err)
-			}
-		case config.RoutePostgres:
-			route, err := newPostgresRoute(cfg, rc, log.With("route", name))
-			if err != nil {
-				closeAll()
-				return nil, nil, fmt.Errorf("%s: %w", name, err)
-			}
-			closers = append(closers, route.Close)
-			sink = route
-		default:
+		name := routeName(i, rc)
+		sink, closeSink, err := newSink(cfg, rc, log.With("route", name))
+		if err != nil {
 			closeAll()
-			return nil, nil, fmt.Errorf("%s: the %s route is not supported by this version of pgcourier yet", name, rc.Kind)
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
 		}
+		closers = append(closers, closeSink)
 		routes = append(routes, router.Route{Name: name, Target: redactURL(rc.URL), Sink: sink})
 	}
 	r, err := router.New(router.Options{
@@ -212,6 +193,32 @@ func newRouter(ctx context.Context, cfg *config.Config, dsn string, log *slog.Lo
 		return nil, nil, err
 	}
 	return r, closeAll, nil
+}
+
+// routeName names route i for logs and status, such as "route[0] rest".
+func routeName(i int, rc config.Route) string { return fmt.Sprintf("route[%d] %s", i, rc.Kind) }
+
+// newSink returns the transport of route rc and a func that closes it.
+func newSink(cfg *config.Config, rc config.Route, log *slog.Logger) (pgcourier.Sink, func(), error) {
+	switch rc.Kind {
+	case config.RouteREST:
+		token, err := rc.Token()
+		if err != nil {
+			return nil, nil, err
+		}
+		c, err := rest.NewClient(rest.ClientOptions{URL: rc.URL, Token: token, Logger: log})
+		if err != nil {
+			return nil, nil, err
+		}
+		return c, func() {}, nil
+	case config.RoutePostgres:
+		route, err := newPostgresRoute(cfg, rc, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		return route, route.Close, nil
+	}
+	return nil, nil, fmt.Errorf("the %s route is not supported by this version of pgcourier yet", rc.Kind)
 }
 
 // newPostgresRoute returns the direct route into an upstream database.

@@ -334,3 +334,44 @@ func TestStatusWrongToken(t *testing.T) {
 		t.Errorf("status problem = %q, want route[0] rest and the 401", p)
 	}
 }
+
+// TestDoctorRoutes checks what doctor says of a client's route: reached
+// with the right token, refused with a wrong one (with the fix), and out of
+// reach without failing while the server is down.
+func TestDoctorRoutes(t *testing.T) {
+	cs := pgtest.StartN(t, 2)
+	laptop, server := cs[0], cs[1]
+	addr, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, upstream := pair(t, laptop, server, addr)
+	doctorLine := func() (string, string) {
+		t.Helper()
+		_, out, _ := runCmd(t, "doctor", "-c", client)
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "route[0] rest") {
+				return l, out
+			}
+		}
+		t.Fatalf("doctor says nothing of route[0]:\n%s", out)
+		return "", ""
+	}
+	if l, out := doctorLine(); !strings.HasPrefix(l, "ok") || !strings.Contains(l, "out of reach") {
+		t.Errorf("doctor with the server down: %q, want ok and out of reach\n%s", l, out)
+	}
+	node(t, upstream)
+	waitFor(t, 10*time.Second, "the listener", func() bool {
+		l, _ := doctorLine()
+		return strings.Contains(l, "reached")
+	})
+	if l, out := doctorLine(); !strings.HasPrefix(l, "ok") || !strings.Contains(l, "nothing from laptop-07 applied") {
+		t.Errorf("doctor with the server up: %q, want ok and reached\n%s", l, out)
+	}
+	write(t, filepath.Join(filepath.Dir(client), "token"), "not-the-token")
+	l, out := doctorLine()
+	t.Logf("pgcourier doctor with a wrong token:\n%s", out)
+	if !strings.HasPrefix(l, "FAIL") || !strings.Contains(l, "401") || !strings.Contains(out, "fix: check the route") {
+		t.Errorf("doctor with a wrong token: %q, want FAIL, the 401 and the fix\n%s", l, out)
+	}
+}

@@ -167,7 +167,7 @@ func outboxReport(ctx context.Context, conn *pgx.Conn, cfg *config.Config, rep *
 		rep.Problems = append(rep.Problems, fmt.Sprintf("replication slot %s lost WAL it needed: run \"pgcourier doctor -c %s\"", cfg.Capture.Slot, cfg.File()))
 	}
 	for i, rc := range cfg.Routes {
-		name := fmt.Sprintf("route[%d] %s", i, rc.Kind)
+		name := routeName(i, rc)
 		rs := routeStatus{Route: name, Target: redactURL(rc.URL)}
 		if s, ok := states[name]; ok {
 			if !s.LastSuccess.IsZero() {
