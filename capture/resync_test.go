@@ -49,7 +49,21 @@ func TestResync(t *testing.T) {
 	if err := conn.QueryRow(ctx, `SELECT epoch FROM pgcourier.capture_state`).Scan(&oldEpoch); err != nil {
 		t.Fatal(err)
 	}
-	// The slot is lost; rows change meanwhile.
+	// The slot is lost; rows change meanwhile. (The stopped capturer's
+	// walsender may hold the slot for a moment longer.)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var active bool
+		if err := conn.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, testSlot).Scan(&active); err != nil {
+			t.Fatal(err)
+		}
+		if !active {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the slot is still active 10 s after capture stopped")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	c.Exec(t, `SELECT pg_drop_replication_slot($1)`, testSlot)
 	c.Exec(t, `UPDATE visit SET note = 'while lost' WHERE id <= 10`)
 	c.Exec(t, `INSERT INTO visit VALUES (51, 'while lost')`)

@@ -289,6 +289,9 @@ func TestResyncCommand(t *testing.T) {
 	if code, _, errOut := runCmd(t, "resync", "-c", client); code != exitFail || !strings.Contains(errOut, "--force") {
 		t.Errorf("resync of a healthy slot = %d, %q; want 1 and a word about --force", code, errOut)
 	}
+	waitFor(t, 10*time.Second, "the stopped capture's walsender to let go of the slot", func() bool {
+		return count(t, laptop, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgcourier_laptop_07' AND active`) == 0
+	})
 	laptop.Exec(t, `SELECT pg_drop_replication_slot('pgcourier_laptop_07')`)
 	laptop.Exec(t, `INSERT INTO public.visit SELECT g, 'while lost', 61 FROM generate_series(11, 20) g`)
 	cfg, err := config.Load(client)
