@@ -106,6 +106,10 @@ var settingsSQL = func() string {
 	return "SELECT " + strings.Join(parts, ", ")
 }()
 
+// genericPlansSQL makes the statements after it in the transaction use
+// their cached generic plans.
+const genericPlansSQL = `SELECT pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true)`
+
 // The plan cache modes a batch switches between: custom plans for the
 // statements of many rows, a cached generic plan for those of one row,
 // whose parameters are single values.
@@ -219,12 +223,16 @@ func (s *session) begin(ctx context.Context, source string, epoch int64, origin 
 	bt := &pgx.Batch{}
 	bt.Queue(lockSQL, source)
 	bt.Queue(beginSQL)
-	bt.Queue(settingsSQL)
 	bt.Queue(deferredSQL)
+	// The progress and catalog reads are the same every batch: planned
+	// once, not every time (planning the catalog read costs more than
+	// running it). The batch's own settings follow them.
+	bt.Queue(genericPlansSQL)
 	bt.Queue(progressSQL, source, epoch, origin)
 	if len(names) > 0 {
 		bt.Queue(catalogSQL, catalogArgs(names)...)
 	}
+	bt.Queue(settingsSQL)
 	s.dirty = true
 	br := s.conn.SendBatch(ctx, bt)
 	defer br.Close()
@@ -256,6 +264,9 @@ func (s *session) begin(ctx context.Context, source string, epoch int64, origin 
 		if st.tables, err = scanCatalog(rows, names); err != nil {
 			return st, fmt.Errorf("read catalog: %w", err)
 		}
+	}
+	if _, err := br.Exec(); err != nil {
+		return st, err
 	}
 	return st, br.Close()
 }
