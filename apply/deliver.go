@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -56,10 +57,7 @@ func (w *Writer) Deliver(ctx context.Context, parcels []pgcourier.Parcel) ([]pgc
 		}
 		res, err := w.Apply(ctx, b)
 		if err != nil {
-			if unreachable(err) {
-				err = fmt.Errorf("%w: %w", connectClass(err), err)
-			}
-			return receipts, err // it names the batch
+			return receipts, linkError(err) // it names the batch
 		}
 		receipts = append(receipts, receipt(r, res))
 		if !receipts[len(receipts)-1].Outcome.Done() {
@@ -112,9 +110,18 @@ func receipt(r pgcourier.Receipt, res Result) pgcourier.Receipt {
 	return r
 }
 
-// unreachable reports whether err means no connection to the database
-// could be made at all.
-func unreachable(err error) bool {
+// linkError returns err, marked when it means no connection to the
+// database could be made: pgcourier.ErrRejected when the upstream refused
+// the user, its password or the database name (someone must fix that),
+// pgcourier.ErrUnreachable otherwise (a working link heals it).
+func linkError(err error) error {
 	var connect *pgconn.ConnectError
-	return errors.As(err, &connect)
+	if !errors.As(err, &connect) {
+		return err
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "28") || pe.Code == "3D000") {
+		return fmt.Errorf("%w: %w", pgcourier.ErrRejected, err)
+	}
+	return fmt.Errorf("%w: %w", pgcourier.ErrUnreachable, err)
 }

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	pgcourier "github.com/pgcourier/pgcourier"
 	"github.com/pgcourier/pgcourier/internal/schema"
@@ -52,7 +50,7 @@ func (r *Route) writer(ctx context.Context) (*Writer, error) {
 	}
 	conn, err := pgx.ConnectConfig(ctx, r.cfg)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", connectClass(err), err)
+		return nil, linkError(err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if v, err := schema.Version(ctx, conn); err != nil || v < schema.Latest() {
@@ -96,8 +94,8 @@ func (r *Route) Progress(ctx context.Context, source string) (pgcourier.Progress
 		return pgcourier.Progress{Source: source}, fmt.Errorf("postgres route: %w", err)
 	}
 	p, err := w.Progress(ctx, source)
-	if err != nil && unreachable(err) {
-		err = fmt.Errorf("%w: %w", connectClass(err), err)
+	if err != nil {
+		err = linkError(err)
 	}
 	return p, err
 }
@@ -109,16 +107,4 @@ func (r *Route) Close() {
 	if r.w != nil {
 		r.w.Close()
 	}
-}
-
-// connectClass tells a failed connection that someone must fix (the
-// upstream refused the user, its password or the database name:
-// pgcourier.ErrRejected) from one that a working link would heal
-// (pgcourier.ErrUnreachable).
-func connectClass(err error) error {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "28") || pe.Code == "3D000") {
-		return pgcourier.ErrRejected
-	}
-	return pgcourier.ErrUnreachable
 }

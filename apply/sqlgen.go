@@ -230,12 +230,12 @@ func fastInsert(r *run) stmt {
 	var names, params []string
 	add := func(name, param string) { names = append(names, name); params = append(params, param) }
 	add("pos", g.param(argPos, 0))
-	sel := g.values(r, false, false, add, nil)
-	cols, _ := insertCols(r, "")
-	vals := make([]string, len(sel))
-	for i, v := range sel {
-		vals[i], _, _ = strings.Cut(v, " AS ")
+	var vals []string
+	for _, c := range r.cols {
+		add(fmt.Sprintf("r%d", c), g.param(argNew, c))
+		vals = append(vals, typed(r, "r", c))
 	}
+	cols, _ := insertCols(r, "")
 	g.w("INSERT INTO ", r.p.t.ident, " (", strings.Join(cols, ", "), ")", overriding(r), "\n",
 		"SELECT ", strings.Join(vals, ", "), " FROM ")
 	g.rows(names, params)
@@ -304,25 +304,27 @@ func (g *gen) incCTE(r *run, withKeys bool) {
 // (r<i>), and with keys its typed lookup values (k<i>), to the parameters
 // (through add) and the select list sel of an inc CTE, and returns sel.
 func (g *gen) values(r *run, keys, raw bool, add func(name, param string), sel []string) []string {
-	t := r.p.t
 	for _, c := range r.cols {
-		n := fmt.Sprintf("r%d", c)
-		add(n, g.param(argNew, c))
-		col, _ := t.column(r.p.rel.Columns[c].Name)
+		add(fmt.Sprintf("r%d", c), g.param(argNew, c))
 		if raw {
-			sel = append(sel, "u."+n)
+			sel = append(sel, fmt.Sprintf("u.r%d", c))
 		}
-		sel = append(sel, fmt.Sprintf("u.%s::%s AS v%d", n, col.Type, c))
+		sel = append(sel, typed(r, "r", c)+fmt.Sprintf(" AS v%d", c))
 	}
 	if keys {
 		for _, c := range r.p.match {
-			n := fmt.Sprintf("q%d", c)
-			add(n, g.param(argKey, c))
-			col, _ := t.column(r.p.rel.Columns[c].Name)
-			sel = append(sel, fmt.Sprintf("u.%s::%s AS k%d", n, col.Type, c))
+			add(fmt.Sprintf("q%d", c), g.param(argKey, c))
+			sel = append(sel, typed(r, "q", c)+fmt.Sprintf(" AS k%d", c))
 		}
 	}
 	return sel
+}
+
+// typed is parameter column u.<prefix><c> cast to the type of incoming
+// column c's upstream column.
+func typed(r *run, prefix string, c int) string {
+	col, _ := r.p.t.column(r.p.rel.Columns[c].Name)
+	return fmt.Sprintf("u.%s%d::%s", prefix, c, col.Type)
 }
 
 // matchCond is the condition that finds the stored row t of the incoming

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	pgcourier "github.com/pgcourier/pgcourier"
@@ -17,8 +18,18 @@ import (
 // records of how each route upstream fared. The router reads and
 // acknowledges through it. It is safe for concurrent use.
 type Outbox struct {
-	pool   *pgxpool.Pool
+	db     querier
+	close  func()
 	source string
+}
+
+// querier is what the outbox runs its statements on: a pool of
+// connections, or one connection.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
 // OpenOutbox returns the outbox of node source in the database that
@@ -39,17 +50,24 @@ func OpenOutbox(ctx context.Context, database, source string) (*Outbox, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open outbox: %w", err)
 	}
-	return &Outbox{pool: pool, source: source}, nil
+	return &Outbox{db: pool, close: pool.Close, source: source}, nil
+}
+
+// OutboxOn returns the outbox of node source read and written through
+// conn, for a command's one-off use; conn must not be used concurrently.
+// Close leaves conn open.
+func OutboxOn(conn *pgx.Conn, source string) *Outbox {
+	return &Outbox{db: conn, close: func() {}, source: source}
 }
 
 // Close closes the outbox's connections.
-func (o *Outbox) Close() { o.pool.Close() }
+func (o *Outbox) Close() { o.close() }
 
 // Pending returns up to max batches not yet acknowledged by their final
 // destination, oldest first, starting at (epoch, seq) or after it, all of
 // one epoch, and no more than about maxBytes of them (at least one).
 func (o *Outbox) Pending(ctx context.Context, epoch int64, seq uint64, max, maxBytes int) ([]pgcourier.Parcel, error) {
-	rows, err := o.pool.Query(ctx, `
+	rows, err := o.db.Query(ctx, `
 		SELECT epoch, seq, rows, payload
 		  FROM pgcourier.outbox
 		 WHERE acked_at IS NULL AND (epoch, seq) >= ($1, $2)
@@ -85,7 +103,7 @@ func (o *Outbox) Pending(ctx context.Context, epoch int64, seq uint64, max, maxB
 // are left alone: an upstream that moved on to a newer epoch has not
 // applied what is left of an older one.
 func (o *Outbox) Acknowledge(ctx context.Context, epoch int64, seq uint64) error {
-	_, err := o.pool.Exec(ctx, `
+	_, err := o.db.Exec(ctx, `
 		UPDATE pgcourier.outbox SET acked_at = now()
 		 WHERE acked_at IS NULL AND epoch = $1 AND seq <= $2`, epoch, int64(seq))
 	if err != nil {
@@ -97,7 +115,7 @@ func (o *Outbox) Acknowledge(ctx context.Context, epoch int64, seq uint64) error
 // Relayed records that a relay stored every batch of epoch up to and
 // including seq. The batches stay pending.
 func (o *Outbox) Relayed(ctx context.Context, epoch int64, seq uint64) error {
-	_, err := o.pool.Exec(ctx, `
+	_, err := o.db.Exec(ctx, `
 		UPDATE pgcourier.outbox SET relayed_at = now()
 		 WHERE relayed_at IS NULL AND acked_at IS NULL AND epoch = $1 AND seq <= $2`, epoch, int64(seq))
 	if err != nil {
@@ -112,7 +130,7 @@ func (o *Outbox) Relayed(ctx context.Context, epoch int64, seq uint64) error {
 // only be recovered by a new epoch.
 func (o *Outbox) Reopen(ctx context.Context, epoch int64, seq uint64) (bool, error) {
 	var held bool
-	err := pgx.BeginFunc(ctx, o.pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, o.db, func(tx pgx.Tx) error {
 		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pgcourier.outbox WHERE epoch = $1 AND seq = $2)`,
 			epoch, int64(seq)).Scan(&held); err != nil {
 			return err
@@ -133,7 +151,7 @@ func (o *Outbox) Reopen(ctx context.Context, epoch int64, seq uint64) (bool, err
 // Trim deletes the acknowledged batches older than retention and returns
 // how many it deleted.
 func (o *Outbox) Trim(ctx context.Context, retention time.Duration) (int64, error) {
-	tag, err := o.pool.Exec(ctx, `
+	tag, err := o.db.Exec(ctx, `
 		DELETE FROM pgcourier.outbox
 		 WHERE acked_at IS NOT NULL AND acked_at < now() - $1::interval`, retention.String())
 	if err != nil {
@@ -148,14 +166,14 @@ func (o *Outbox) Trim(ctx context.Context, retention time.Duration) (int64, erro
 func (o *Outbox) RecordRoute(ctx context.Context, route, target string, seq uint64, failure error) error {
 	var err error
 	if failure == nil {
-		_, err = o.pool.Exec(ctx, `
+		_, err = o.db.Exec(ctx, `
 			INSERT INTO pgcourier.route_state AS r (route, target, last_success_at, last_seq)
 			VALUES ($1, $2, now(), $3)
 			ON CONFLICT (route) DO UPDATE
 			   SET target = $2, last_success_at = now(), last_seq = $3, updated_at = now()`,
 			route, target, int64(seq))
 	} else {
-		_, err = o.pool.Exec(ctx, `
+		_, err = o.db.Exec(ctx, `
 			INSERT INTO pgcourier.route_state AS r (route, target, last_error, last_error_at, needs_action)
 			VALUES ($1, $2, $3, now(), $4)
 			ON CONFLICT (route) DO UPDATE
@@ -193,7 +211,7 @@ type RouteState struct {
 func (o *Outbox) Stats(ctx context.Context) (OutboxStats, error) {
 	var st OutboxStats
 	var oldest *time.Time
-	err := o.pool.QueryRow(ctx, `
+	err := o.db.QueryRow(ctx, `
 		SELECT count(*) FILTER (WHERE acked_at IS NULL),
 		       coalesce(sum(rows) FILTER (WHERE acked_at IS NULL), 0),
 		       coalesce(sum(octet_length(payload)) FILTER (WHERE acked_at IS NULL), 0),
@@ -213,7 +231,7 @@ func (o *Outbox) Stats(ctx context.Context) (OutboxStats, error) {
 
 // Routes returns the recorded state of every route, by name.
 func (o *Outbox) Routes(ctx context.Context) (map[string]RouteState, error) {
-	rows, err := o.pool.Query(ctx, `
+	rows, err := o.db.Query(ctx, `
 		SELECT route, target, last_success_at, coalesce(last_seq, 0), coalesce(last_error, ''), last_error_at, needs_action
 		  FROM pgcourier.route_state`)
 	if err != nil {

@@ -24,16 +24,16 @@ func runResync(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "pgcourier resync: %s captures nothing (no [capture] in %s)\n", cfg.Node, cfg.File())
 		return exitUsage
 	}
-	if err := checkSchema(ctx, cfg); err != nil {
-		fmt.Fprintf(stderr, "pgcourier resync: %v\n", err)
-		return exitFail
-	}
 	conn, err := connect(ctx, cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "pgcourier resync: %v\n", err)
 		return exitFail
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	if err := checkSchema(ctx, conn, cfg); err != nil {
+		fmt.Fprintf(stderr, "pgcourier resync: %v\n", err)
+		return exitFail
+	}
 	res, err := capture.Resync(ctx, conn, capture.SetupOptions{
 		Slot:        cfg.Capture.Slot,
 		Publication: cfg.Capture.Publication,

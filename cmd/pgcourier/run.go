@@ -44,10 +44,10 @@ func newLogger(lc config.Log, w io.Writer) *slog.Logger {
 	if lc.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
-	text := slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})
 	if isTerminal(w) {
-		// Someone is watching: snapshot progress as a bar.
-		return slog.New(newBarHandler(w, text, level))
+		// Someone is watching: snapshot progress as a bar. The bar handler
+		// applies the level itself, as progress comes at every level.
+		return slog.New(newBarHandler(w, slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}), level))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
 }
@@ -65,7 +65,7 @@ func runNode(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := checkSchema(ctx, cfg); err != nil {
+	if err := prepareRun(ctx, cfg); err != nil {
 		return err
 	}
 	if cfg.Role == pgcourier.RoleMiddleman {
@@ -126,14 +126,27 @@ func runNode(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	return err
 }
 
-// checkSchema refuses to run on a database "pgcourier init" has not
-// prepared, or prepared for another version.
-func checkSchema(ctx context.Context, cfg *config.Config) error {
+// prepareRun checks the node's database before run starts anything, and
+// records the conflict policy of an applying node, which the postgres
+// routes from below apply with.
+func prepareRun(ctx context.Context, cfg *config.Config) error {
 	conn, err := connect(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	if err := checkSchema(ctx, conn, cfg); err != nil {
+		return err
+	}
+	if cfg.Role.Applies() {
+		return schema.RecordPolicy(ctx, conn, cfg.Apply.Conflict)
+	}
+	return nil
+}
+
+// checkSchema refuses a database "pgcourier init" has not prepared for
+// this node, or prepared for another version.
+func checkSchema(ctx context.Context, conn *pgx.Conn, cfg *config.Config) error {
 	v, err := schema.Version(ctx, conn)
 	if err != nil {
 		return err
@@ -148,10 +161,6 @@ func checkSchema(ctx context.Context, cfg *config.Config) error {
 	}
 	if owner != cfg.Node {
 		return fmt.Errorf("%w: the database belongs to node %q, this config is node %q", schema.ErrOtherNode, owner, cfg.Node)
-	}
-	if cfg.Role.Applies() {
-		// The postgres routes from below apply with the policy recorded here.
-		return schema.RecordPolicy(ctx, conn, cfg.Apply.Conflict)
 	}
 	return nil
 }

@@ -87,7 +87,7 @@ func nodeStatus(ctx context.Context, cfg *config.Config) (*statusReport, error) 
 		return nil, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if err := checkSchema(ctx, cfg); err != nil {
+	if err := checkSchema(ctx, conn, cfg); err != nil {
 		return nil, err
 	}
 	rep := &statusReport{Node: cfg.Node, Role: string(cfg.Role), Problems: []string{}}
@@ -118,15 +118,7 @@ func nodeStatus(ctx context.Context, cfg *config.Config) (*statusReport, error) 
 const staleAfter = 24 * time.Hour
 
 func outboxReport(ctx context.Context, conn *pgx.Conn, cfg *config.Config, rep *statusReport) (*outboxStatus, error) {
-	dsn, err := cfg.Database.ConnString()
-	if err != nil {
-		return nil, err
-	}
-	ob, err := capture.OpenOutbox(ctx, dsn, cfg.Node)
-	if err != nil {
-		return nil, err
-	}
-	defer ob.Close()
+	ob := capture.OutboxOn(conn, cfg.Node)
 	st, err := ob.Stats(ctx)
 	if err != nil {
 		return nil, err
