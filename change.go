@@ -133,6 +133,13 @@ type Batch struct {
 	Epoch        int64  // the incarnation of the source's database; a new one starts at Seq 1
 	Seq          uint64 // 1, 2, 3 … per source and epoch, without gaps
 	Transactions []Transaction
+	// Continued says that the last transaction goes on in the batch with
+	// the next Seq: a transaction too large for one batch is captured in
+	// parts, each part holding the next of its changes, and the first
+	// batch without Continued holds its last changes and its end. Every part
+	// carries the transaction's commit LSN and commit time. A receiver
+	// applies the parts together, in one transaction, or none of them.
+	Continued bool
 }
 
 // Rows returns the number of row changes in the batch.

@@ -17,16 +17,40 @@ import (
 	"github.com/pgcourier/pgcourier"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata from goldenBatch")
+var update = flag.Bool("update", false, "write the golden files of the newest format version in testdata")
 
-// The golden files of format version 1. Decode must read v1.batch as v1.json
-// describes it for as long as pgcourier exists; only -update may change them,
-// and only together with a new format version.
-const (
-	goldenBatchFile = "testdata/v1.batch" // the encoded batch
-	goldenBodyFile  = "testdata/v1.body"  // its uncompressed body
-	goldenJSONFile  = "testdata/v1.json"  // its header and decoded batch, readable
-)
+// goldenVersion is the golden files of one format version: vN.batch, an
+// encoded batch; vN.body, its uncompressed body; and vN.json, its header and
+// decoded batch, readable. Decode must read vN.batch as vN.json describes it
+// for as long as pgcourier exists. Only -update writes golden files, and
+// only those of the newest version (Version), for starting it: the files of
+// an older version never change.
+type goldenVersion struct {
+	version int
+	batch   func(testing.TB) *pgcourier.Batch // the batch the files hold
+}
+
+// goldenVersions lists every format version, oldest first.
+var goldenVersions = []goldenVersion{
+	{version1, goldenBatch},
+	{version2, continuedGoldenBatch},
+}
+
+func (g goldenVersion) file(ext string) string {
+	return fmt.Sprintf("testdata/v%d.%s", g.version, ext)
+}
+
+func (g goldenVersion) batchFile() string { return g.file("batch") }
+func (g goldenVersion) bodyFile() string  { return g.file("body") }
+func (g goldenVersion) jsonFile() string  { return g.file("json") }
+
+// continuedGoldenBatch is goldenBatch with its last transaction going on in
+// the next batch: the golden batch of version 2.
+func continuedGoldenBatch(t testing.TB) *pgcourier.Batch {
+	b := goldenBatch(t)
+	b.Continued = true
+	return b
+}
 
 // goldFile is the readable form of an encoded batch.
 type goldFile struct {
@@ -41,6 +65,7 @@ type goldHeader struct {
 	Seq          uint64 `json:"seq"`
 	Transactions int    `json:"transactions"`
 	Rows         int    `json:"rows"`
+	Continued    bool   `json:"continued,omitempty"`
 	FirstLSN     string `json:"first_lsn"`
 	LastLSN      string `json:"last_lsn"`
 	FirstCommit  string `json:"first_commit"`
@@ -56,6 +81,7 @@ type goldBatch struct {
 	Source       string         `json:"source"`
 	Epoch        int64          `json:"epoch"`
 	Seq          uint64         `json:"seq"`
+	Continued    bool           `json:"continued,omitempty"`
 	Relations    []goldRelation `json:"relations"`
 	Transactions []goldTx       `json:"transactions"`
 }
@@ -91,12 +117,12 @@ func goldOf(h Header, b *pgcourier.Batch) goldFile {
 	g := goldFile{
 		Header: goldHeader{
 			Version: h.Version, Source: h.Source, Epoch: h.Epoch, Seq: h.Seq,
-			Transactions: h.Transactions, Rows: h.Rows,
+			Transactions: h.Transactions, Rows: h.Rows, Continued: h.Continued,
 			FirstLSN: h.FirstLSN.String(), LastLSN: h.LastLSN.String(),
 			FirstCommit: h.FirstCommit.Format(time.RFC3339Nano), LastCommit: h.LastCommit.Format(time.RFC3339Nano),
 			BodyLen: h.BodyLen, Hash: hex.EncodeToString(h.Hash[:]),
 		},
-		Batch: goldBatch{Source: b.Source, Epoch: b.Epoch, Seq: b.Seq},
+		Batch: goldBatch{Source: b.Source, Epoch: b.Epoch, Seq: b.Seq, Continued: b.Continued},
 	}
 	index := map[*pgcourier.Relation]int{}
 	for _, tx := range b.Transactions {
@@ -139,8 +165,8 @@ func goldValues(vals []pgcourier.Value) *[]any {
 	return &out
 }
 
-// batch returns the batch g describes.
-func (g *goldBatch) batch(t *testing.T) *pgcourier.Batch {
+// batch returns the batch g, read from the file name, describes.
+func (g *goldBatch) batch(t *testing.T, name string) *pgcourier.Batch {
 	t.Helper()
 	rels := make([]*pgcourier.Relation, len(g.Relations))
 	for i, gr := range g.Relations {
@@ -154,7 +180,7 @@ func (g *goldBatch) batch(t *testing.T) *pgcourier.Batch {
 	for _, op := range []pgcourier.Op{pgcourier.OpInsert, pgcourier.OpUpdate, pgcourier.OpDelete, pgcourier.OpTruncate} {
 		ops[op.String()] = op
 	}
-	b := &pgcourier.Batch{Source: g.Source, Epoch: g.Epoch, Seq: g.Seq}
+	b := &pgcourier.Batch{Source: g.Source, Epoch: g.Epoch, Seq: g.Seq, Continued: g.Continued}
 	for _, gtx := range g.Transactions {
 		lsn, err := pgcourier.ParseLSN(gtx.CommitLSN)
 		if err != nil {
@@ -164,16 +190,16 @@ func (g *goldBatch) batch(t *testing.T) *pgcourier.Batch {
 		for _, gc := range gtx.Changes {
 			op, ok := ops[gc.Op]
 			if !ok || gc.Rel < 0 || gc.Rel >= len(rels) {
-				t.Fatalf("%s: bad change %+v", goldenJSONFile, gc)
+				t.Fatalf("%s: bad change %+v", name, gc)
 			}
-			tx.Changes = append(tx.Changes, pgcourier.Change{Rel: rels[gc.Rel], Op: op, New: values(t, gc.New), Old: values(t, gc.Old)})
+			tx.Changes = append(tx.Changes, pgcourier.Change{Rel: rels[gc.Rel], Op: op, New: values(t, name, gc.New), Old: values(t, name, gc.Old)})
 		}
 		b.Transactions = append(b.Transactions, tx)
 	}
 	return b
 }
 
-func values(t *testing.T, in *[]any) []pgcourier.Value {
+func values(t *testing.T, name string, in *[]any) []pgcourier.Value {
 	t.Helper()
 	if in == nil {
 		return nil
@@ -192,11 +218,11 @@ func values(t *testing.T, in *[]any) []pgcourier.Value {
 			}
 			s, err := hex.DecodeString(fmt.Sprint(v["hex"]))
 			if err != nil {
-				t.Fatalf("%s: value %v: %v", goldenJSONFile, v, err)
+				t.Fatalf("%s: value %v: %v", name, v, err)
 			}
 			out[i] = txt(string(s))
 		default:
-			t.Fatalf("%s: value %v of type %T", goldenJSONFile, v, v)
+			t.Fatalf("%s: value %v of type %T", name, v, v)
 		}
 	}
 	return out
@@ -211,9 +237,10 @@ func marshalGolden(g goldFile) ([]byte, error) {
 	return buf.Bytes(), err
 }
 
-func writeGolden(t *testing.T) {
+// writeGolden writes the golden files of g from g.batch.
+func writeGolden(t *testing.T, g goldenVersion) {
 	t.Helper()
-	b := goldenBatch(t)
+	b := g.batch(t)
 	data, err := Encode(b)
 	if err != nil {
 		t.Fatal(err)
@@ -221,6 +248,9 @@ func writeGolden(t *testing.T) {
 	h, err := ReadHeader(data)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if h.Version != g.version {
+		t.Fatalf("Encode(golden batch of version %d) wrote version %d", g.version, h.Version)
 	}
 	decoded, err := Decode(data)
 	if err != nil {
@@ -230,32 +260,54 @@ func writeGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.MkdirAll(filepath.Dir(goldenBatchFile), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(g.batchFile()), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for name, content := range map[string][]byte{goldenBatchFile: data, goldenBodyFile: mustBody(t, b), goldenJSONFile: js} {
+	for name, content := range map[string][]byte{g.batchFile(): data, g.bodyFile(): mustBody(t, b), g.jsonFile(): js} {
 		if err := os.WriteFile(name, content, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 }
 
-// TestGolden checks that the golden v1 batch decodes as v1.json says, and
-// that encoding that batch gives the golden body byte for byte, whatever the
-// zstd library makes of it.
+// TestGolden checks, for every format version, that the golden batch
+// decodes as its JSON file says, and that encoding that batch gives the
+// golden header and body byte for byte, whatever the zstd library makes of
+// the body.
 func TestGolden(t *testing.T) {
+	for i, g := range goldenVersions {
+		if g.version != i+1 {
+			t.Fatalf("goldenVersions[%d] is version %d, want %d", i, g.version, i+1)
+		}
+	}
+	if n := len(goldenVersions); n != Version {
+		t.Fatalf("goldenVersions lists %d versions, want every version up to %d", n, Version)
+	}
+	for _, g := range goldenVersions {
+		t.Run(fmt.Sprintf("v%d", g.version), func(t *testing.T) { testGolden(t, g) })
+	}
+}
+
+func testGolden(t *testing.T, g goldenVersion) {
 	if *update {
-		writeGolden(t)
+		if g.version != Version {
+			t.Logf("-update leaves %s alone: the golden files of an older version never change", g.file("*"))
+		} else {
+			writeGolden(t, g)
+		}
 	}
-	data, err := os.ReadFile(goldenBatchFile)
+	data, err := os.ReadFile(g.batchFile())
 	if err != nil {
-		t.Fatalf("%v (run go test -run TestGolden -update to create it)", err)
+		if g.version == Version {
+			t.Fatalf("%v (run go test -run TestGolden -update to create it)", err)
+		}
+		t.Fatalf("%v (restore it from version control: the files of an older version never change)", err)
 	}
-	wantBody, err := os.ReadFile(goldenBodyFile)
+	wantBody, err := os.ReadFile(g.bodyFile())
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, err := os.ReadFile(goldenJSONFile)
+	js, err := os.ReadFile(g.jsonFile())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,25 +315,28 @@ func TestGolden(t *testing.T) {
 	dec := json.NewDecoder(bytes.NewReader(js))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&want); err != nil {
-		t.Fatalf("%s: %v", goldenJSONFile, err)
+		t.Fatalf("%s: %v", g.jsonFile(), err)
 	}
-	wantBatch := want.Batch.batch(t)
+	if want.Header.Version != g.version {
+		t.Fatalf("%s: header version %d, want %d", g.jsonFile(), want.Header.Version, g.version)
+	}
+	wantBatch := want.Batch.batch(t, g.jsonFile())
 
 	// Decode reads the golden bytes as the readable form says, relation
 	// sharing included.
 	got, err := Decode(data)
 	if err != nil {
-		t.Fatalf("Decode(%s) = %v", goldenBatchFile, err)
+		t.Fatalf("Decode(%s) = %v", g.batchFile(), err)
 	}
 	h, err := ReadHeader(data)
 	if err != nil {
-		t.Fatalf("ReadHeader(%s) = %v", goldenBatchFile, err)
+		t.Fatalf("ReadHeader(%s) = %v", g.batchFile(), err)
 	}
 	if diff := cmp.Diff(want, goldOf(h, got)); diff != "" {
-		t.Errorf("Decode(%s) differs from %s (-want +got):\n%s", goldenBatchFile, goldenJSONFile, diff)
+		t.Errorf("Decode(%s) differs from %s (-want +got):\n%s", g.batchFile(), g.jsonFile(), diff)
 	}
 	if diff := cmp.Diff(wantBatch, got); diff != "" {
-		t.Errorf("Decode(%s) = got, want want (-want +got):\n%s", goldenBatchFile, diff)
+		t.Errorf("Decode(%s) = got, want want (-want +got):\n%s", g.batchFile(), diff)
 	}
 
 	// The golden body is what the golden frame holds and what Encode writes.
@@ -298,31 +353,36 @@ func TestGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(body, wantBody) {
-		t.Errorf("body of %s differs from %s", goldenBatchFile, goldenBodyFile)
+		t.Errorf("body of %s differs from %s", g.batchFile(), g.bodyFile())
 	}
 	if encBody := mustBody(t, wantBatch); !bytes.Equal(encBody, wantBody) {
-		t.Errorf("encodeBody(%s batch) differs from %s: the body encoding changed; that needs a new format version", goldenJSONFile, goldenBodyFile)
+		t.Errorf("encodeBody(%s batch) differs from %s: the body encoding changed; that needs a new format version", g.jsonFile(), g.bodyFile())
 	}
 	enc, err := Encode(wantBatch)
 	if err != nil {
-		t.Fatalf("Encode(%s batch) = %v", goldenJSONFile, err)
+		t.Fatalf("Encode(%s batch) = %v", g.jsonFile(), err)
 	}
-	encHeader, err := ReadHeader(enc)
+	encHeader, n2, err := readHeader(enc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff(want.Header, goldOf(encHeader, wantBatch).Header); diff != "" {
-		t.Errorf("ReadHeader(Encode(%s batch)) differs from the golden header (-want +got):\n%s", goldenJSONFile, diff)
+		t.Errorf("ReadHeader(Encode(%s batch)) differs from the golden header (-want +got):\n%s", g.jsonFile(), diff)
+	}
+	// Everything before the frame checksum is the header's fields and the
+	// hash, which the zstd library has no part in.
+	if n2 != n || !bytes.Equal(enc[:n-8], data[:n-8]) {
+		t.Errorf("Encode(%s batch) writes a header unlike that of %s:\n got %x\nwant %x", g.jsonFile(), g.batchFile(), enc[:n2-8], data[:n-8])
 	}
 	if !bytes.Equal(enc, data) {
-		// Expected after a zstd library upgrade; the bodies and hashes above
-		// still match.
-		t.Logf("Encode(%s batch) compresses differently from %s", goldenJSONFile, goldenBatchFile)
+		// Expected after a zstd library upgrade; the headers, bodies and
+		// hashes above still match.
+		t.Logf("Encode(%s batch) compresses differently from %s", g.jsonFile(), g.batchFile())
 	}
 
 	// The test batch and the golden one agree, so round-trip and fuzz cases
-	// built from goldenBatch stay meaningful.
-	if diff := cmp.Diff(wantBatch, goldenBatch(t)); diff != "" {
-		t.Errorf("goldenBatch differs from %s (-want +got); run with -update only when starting a new format version:\n%s", goldenJSONFile, diff)
+	// built from it stay meaningful.
+	if diff := cmp.Diff(wantBatch, g.batch(t)); diff != "" {
+		t.Errorf("the golden batch of version %d differs from %s (-want +got); run with -update only when starting a new format version:\n%s", g.version, g.jsonFile(), diff)
 	}
 }

@@ -14,9 +14,27 @@ import (
 	"github.com/pgcourier/pgcourier"
 )
 
-// Version is the format version that Encode writes. Decode reads it and
-// every earlier version.
-const Version = 1
+// Version is the newest format version this build reads and writes. Encode
+// writes the oldest version that can express a batch, so a build that reads
+// only older versions keeps reading every batch that does not need a newer
+// one; Decode reads every version from 1 to Version.
+const Version = 2
+
+// The format versions this build knows.
+const (
+	// version1 is the first format.
+	version1 = 1
+	// version2 is version 1 with a flags byte after the row count, for a
+	// batch whose last transaction goes on in the next batch. Its flags are
+	// always flagContinued: a batch that is not continued is version 1, so
+	// every batch has one encoding.
+	version2 = 2
+)
+
+// Header flags, in version 2 and later.
+const (
+	flagContinued = 1 << 0 // the last transaction goes on in the next batch
+)
 
 // Limits that Encode enforces and Decode checks before it allocates.
 const (
@@ -54,10 +72,11 @@ var (
 // magic starts every encoded batch.
 const magic = "PGCB"
 
-// maxHeaderLen bounds a version 1 header: magic, version, source length and
-// source, nine varints (epoch, seq, two counts, the commit range, body
-// length), hash and two CRCs.
-const maxHeaderLen = len(magic) + 1 + 1 + pgcourier.MaxNodeIDLen + 9*binary.MaxVarintLen64 + sha256.Size + 8
+// maxHeaderLen bounds a header of any version this build reads: magic,
+// version, source length and source, nine varints (epoch, seq, two counts,
+// the commit range, body length), the flags byte of version 2, hash and two
+// CRCs.
+const maxHeaderLen = len(magic) + 1 + 1 + pgcourier.MaxNodeIDLen + 9*binary.MaxVarintLen64 + 1 + sha256.Size + 8
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -92,6 +111,11 @@ type Header struct {
 	Transactions int    // the number of transactions in the batch
 	Rows         int    // the number of row changes in all of them
 
+	// Continued says that the last transaction goes on in the batch with the
+	// next Seq (pgcourier.Batch.Continued). Only a version 2 header sets it,
+	// and always with at least one transaction.
+	Continued bool
+
 	// The commit LSN and commit time of the first and last transaction;
 	// zero when the batch holds no transaction. Commit times are in UTC.
 	FirstLSN, LastLSN       pgcourier.LSN
@@ -115,14 +139,15 @@ func ReadHeader(data []byte) (Header, error) {
 	return h, err
 }
 
-// Encode returns the bytes of b in the current format version. It is
+// Encode returns the bytes of b in the oldest format version that can
+// express it: version 1, or version 2 when b is Continued. It is
 // deterministic: the same batch gives the same bytes with the same build.
 // Commit times are kept to the microsecond, as Postgres keeps them. Encode
 // returns an error instead of writing an invalid batch: a source that is not
-// a valid node id, a Seq of 0, a change without a relation or with an unknown
-// operation, row images that do not fit the operation or the relation's
-// columns, values of unknown kinds; and an error wrapping ErrTooLarge for a
-// batch over the limits.
+// a valid node id, a Seq of 0, a Continued batch without a transaction, a
+// change without a relation or with an unknown operation, row images that do
+// not fit the operation or the relation's columns, values of unknown kinds;
+// and an error wrapping ErrTooLarge for a batch over the limits.
 func Encode(b *pgcourier.Batch) ([]byte, error) {
 	if b == nil {
 		return nil, errors.New("nil batch")
@@ -132,6 +157,9 @@ func Encode(b *pgcourier.Batch) ([]byte, error) {
 	}
 	if b.Seq == 0 {
 		return nil, errors.New("seq is 0; a source's batches are numbered from 1")
+	}
+	if b.Continued && len(b.Transactions) == 0 {
+		return nil, errors.New("continued batch without a transaction; Continued says the last transaction goes on in the next batch")
 	}
 	if n := len(b.Transactions); n > MaxRows {
 		return nil, fmt.Errorf("%d transactions, over MaxRows (%d): %w", n, MaxRows, ErrTooLarge)
@@ -145,13 +173,17 @@ func Encode(b *pgcourier.Batch) ([]byte, error) {
 	}
 	defer putBuf(body)
 	h := Header{
-		Version:      Version,
+		Version:      version1,
 		Source:       b.Source,
 		Epoch:        b.Epoch,
 		Seq:          b.Seq,
 		Transactions: len(b.Transactions),
 		Rows:         b.Rows(),
+		Continued:    b.Continued,
 		BodyLen:      len(body),
+	}
+	if b.Continued {
+		h.Version = version2
 	}
 	if n := len(b.Transactions); n > 0 {
 		first, last := &b.Transactions[0], &b.Transactions[n-1]
@@ -186,7 +218,8 @@ func seal(h *Header, body []byte) ([]byte, error) {
 	return out, nil
 }
 
-// appendHeaderFields appends the header fields that precede the hash.
+// appendHeaderFields appends the header fields that precede the hash, in
+// h.Version. A version 2 header's flags come from h.Continued.
 func appendHeaderFields(dst []byte, h *Header) []byte {
 	dst = append(dst, magic...)
 	dst = append(dst, byte(h.Version))
@@ -196,6 +229,13 @@ func appendHeaderFields(dst []byte, h *Header) []byte {
 	dst = binary.AppendUvarint(dst, h.Seq)
 	dst = binary.AppendUvarint(dst, uint64(h.Transactions))
 	dst = binary.AppendUvarint(dst, uint64(h.Rows))
+	if h.Version >= version2 {
+		var flags byte
+		if h.Continued {
+			flags |= flagContinued
+		}
+		dst = append(dst, flags)
+	}
 	if h.Transactions > 0 {
 		dst = binary.AppendUvarint(dst, uint64(h.FirstLSN))
 		dst = binary.AppendUvarint(dst, uint64(h.LastLSN))
@@ -219,9 +259,9 @@ func readHeader(data []byte) (Header, int, error) {
 		return h, 0, corruptf("not a pgcourier batch (starts with %q, want %q)", data[:len(magic)], magic)
 	}
 	h.Version = int(data[len(magic)])
-	if h.Version != Version {
-		return h, 0, fmt.Errorf("batch format version %d; this build reads version %d (upgrade pgcourier on this node): %w",
-			h.Version, Version, ErrVersion)
+	if h.Version < version1 || h.Version > Version {
+		return h, 0, fmt.Errorf("batch format version %d; this build reads versions %d to %d (upgrade pgcourier on this node): %w",
+			h.Version, version1, Version, ErrVersion)
 	}
 
 	r := reader{s: string(data[:min(len(data), maxHeaderLen)]), off: len(magic) + 1, what: "header"}
@@ -237,6 +277,10 @@ func readHeader(data []byte) (Header, int, error) {
 		r.fail("%d transactions and %d rows, over MaxRows (%d)", txs, rows, MaxRows)
 	}
 	h.Transactions, h.Rows = int(txs), int(rows)
+	var flags byte
+	if h.Version >= version2 {
+		flags = r.byte()
+	}
 	if h.Transactions > 0 {
 		h.FirstLSN = pgcourier.LSN(r.uvarint())
 		h.LastLSN = pgcourier.LSN(r.uvarint())
@@ -268,6 +312,20 @@ func readHeader(data []byte) (Header, int, error) {
 	}
 	if h.Transactions == 0 && h.Rows > 0 {
 		return h, 0, corruptf("%d rows in no transaction", h.Rows)
+	}
+	if h.Version == version2 {
+		// Version 2 exists for continued batches only, so that every
+		// batch has one encoding.
+		switch {
+		case flags&^flagContinued != 0:
+			return h, 0, corruptf("header flags 0x%02x: bits 0x%02x are not defined", flags, flags&^flagContinued)
+		case flags&flagContinued == 0:
+			return h, 0, corruptf("version 2 header without the continued flag; a batch that is not continued is written in version 1")
+		}
+		h.Continued = true
+		if h.Transactions == 0 {
+			return h, 0, corruptf("continued batch without a transaction")
+		}
 	}
 	if h.Transactions > h.BodyLen/minTxLen || h.Rows > h.BodyLen/minChangeLen {
 		return h, 0, corruptf("%d transactions and %d rows cannot fit in a body of %d bytes", h.Transactions, h.Rows, h.BodyLen)
@@ -336,7 +394,7 @@ func Decode(data []byte) (*pgcourier.Batch, error) {
 			return nil, corruptf("the header's commit range does not match the transactions")
 		}
 	}
-	return &pgcourier.Batch{Source: h.Source, Epoch: h.Epoch, Seq: h.Seq, Transactions: txs}, nil
+	return &pgcourier.Batch{Source: h.Source, Epoch: h.Epoch, Seq: h.Seq, Transactions: txs, Continued: h.Continued}, nil
 }
 
 // maxPooled is the largest buffer kept for reuse between calls.

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -152,7 +153,15 @@ func roundTripCases(t testing.TB) map[string]*pgcourier.Batch {
 
 	empty := &pgcourier.Relation{Schema: "public", Name: "no_columns"}
 	return map[string]*pgcourier.Batch{
-		"golden":          goldenBatch(t),
+		"golden":           goldenBatch(t),
+		"golden continued": continuedGoldenBatch(t),
+		"continued part": {Source: "laptop-07", Epoch: 1, Seq: 4, Continued: true, Transactions: []pgcourier.Transaction{{
+			CommitLSN:  0x16B374D848,
+			CommitTime: at(t, "2024-05-01T08:15:30.123456Z"),
+			Changes: []pgcourier.Change{
+				{Rel: blob, Op: pgcourier.OpInsert, New: row(txt("3"), txt("\\x00"))},
+			},
+		}}},
 		"no transactions": {Source: "a", Epoch: 0, Seq: 1},
 		"big values": {Source: "laptop-07", Epoch: 1, Seq: 2, Transactions: []pgcourier.Transaction{{
 			CommitLSN:  math.MaxUint64,
@@ -207,7 +216,14 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ReadHeader: %v", err)
 			}
-			if h.Version != Version || h.Source != b.Source || h.Epoch != b.Epoch || h.Seq != b.Seq ||
+			wantVersion := version1
+			if b.Continued {
+				wantVersion = version2
+			}
+			if h.Version != wantVersion || h.Continued != b.Continued {
+				t.Errorf("ReadHeader(...) = version %d, continued %v; want version %d, continued %v", h.Version, h.Continued, wantVersion, b.Continued)
+			}
+			if h.Source != b.Source || h.Epoch != b.Epoch || h.Seq != b.Seq ||
 				h.Transactions != len(b.Transactions) || h.Rows != b.Rows() {
 				t.Errorf("ReadHeader(...) = %+v, want the identity and counts of the batch", h)
 			}
@@ -389,6 +405,7 @@ func TestEncodeRejects(t *testing.T) {
 		{"invalid source", func(b *pgcourier.Batch) { b.Source = "Laptop 07" }, "source"},
 		{"long source", func(b *pgcourier.Batch) { b.Source = strings.Repeat("a", pgcourier.MaxNodeIDLen+1) }, "source"},
 		{"seq 0", func(b *pgcourier.Batch) { b.Seq = 0 }, "seq"},
+		{"continued without a transaction", func(b *pgcourier.Batch) { b.Transactions, b.Continued = nil, true }, "continued batch without a transaction"},
 		{"no relation", change(func(c *pgcourier.Change) { c.Rel = nil }), "no relation"},
 		{"op 0", change(func(c *pgcourier.Change) { c.Op = 0 }), "unknown operation"},
 		{"op X", change(func(c *pgcourier.Change) { c.Op = 'X' }), "unknown operation"},
@@ -442,9 +459,32 @@ func TestEncodeRejects(t *testing.T) {
 }
 
 // smallBatch returns a few hundred encoded bytes touching every part of
-// the format.
+// format version 1.
 func smallBatch(t testing.TB) []byte {
 	t.Helper()
+	return mustEncode(t, small(t))
+}
+
+// smallContinuedBatch is smallBatch in version 2: its last transaction goes
+// on in the next batch.
+func smallContinuedBatch(t testing.TB) []byte {
+	t.Helper()
+	b := small(t)
+	b.Continued = true
+	return mustEncode(t, b)
+}
+
+func mustEncode(t testing.TB, b *pgcourier.Batch) []byte {
+	t.Helper()
+	data, err := Encode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// small returns the batch of smallBatch.
+func small(t testing.TB) *pgcourier.Batch {
 	rel := subjectRel()
 	b := &pgcourier.Batch{Source: "laptop-07", Epoch: 2, Seq: 5, Transactions: []pgcourier.Transaction{
 		{CommitLSN: 0x1000, CommitTime: at(t, "2024-05-01T08:15:30.123456Z"), Changes: []pgcourier.Change{
@@ -456,17 +496,23 @@ func smallBatch(t testing.TB) []byte {
 			{Rel: rel, Op: pgcourier.OpTruncate},
 		}},
 	}}
-	data, err := Encode(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
+	return b
+}
+
+// smallBatches are smallBatch in every format version.
+func smallBatches(t testing.TB) map[string][]byte {
+	return map[string][]byte{"v1": smallBatch(t), "v2 continued": smallContinuedBatch(t)}
 }
 
 // TestCorruptByte flips every byte of a small batch in a few ways: Decode
 // must refuse each one, and never return a batch.
 func TestCorruptByte(t *testing.T) {
-	data := smallBatch(t)
+	for name, data := range smallBatches(t) {
+		t.Run(name, func(t *testing.T) { testCorruptByte(t, data) })
+	}
+}
+
+func testCorruptByte(t *testing.T, data []byte) {
 	_, hdrLen, err := readHeader(data)
 	if err != nil {
 		t.Fatal(err)
@@ -493,7 +539,12 @@ func TestCorruptByte(t *testing.T) {
 }
 
 func TestTruncated(t *testing.T) {
-	data := smallBatch(t)
+	for name, data := range smallBatches(t) {
+		t.Run(name, func(t *testing.T) { testTruncated(t, data) })
+	}
+}
+
+func testTruncated(t *testing.T, data []byte) {
 	_, hdrLen, err := readHeader(data)
 	if err != nil {
 		t.Fatal(err)
@@ -518,17 +569,27 @@ func TestTruncated(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
-	data := smallBatch(t)
-	for _, v := range []byte{0, 2, 255} {
-		bad := bytes.Clone(data)
-		bad[len(magic)] = v
-		_, err := Decode(bad)
-		if !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), fmt.Sprintf("version %d", v)) {
-			t.Errorf("Decode(version %d batch) = %v, want an error wrapping ErrVersion that names version %d", v, err, v)
+	for name, data := range smallBatches(t) {
+		for _, v := range []byte{0, Version + 1, 255} {
+			bad := bytes.Clone(data)
+			bad[len(magic)] = v
+			b, err := Decode(bad)
+			if !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), fmt.Sprintf("version %d;", v)) || b != nil {
+				t.Errorf("Decode(%s batch as version %d) = %v, %v; want nil, an error wrapping ErrVersion that names version %d", name, v, b, err, v)
+			}
+			if errors.Is(err, ErrCorrupt) {
+				t.Errorf("Decode(%s batch as version %d) = %v, want it not to wrap ErrCorrupt", name, v, err)
+			}
+			if _, err := ReadHeader(bad); !errors.Is(err, ErrVersion) {
+				t.Errorf("ReadHeader(%s batch as version %d) = %v, want an error wrapping ErrVersion", name, v, err)
+			}
 		}
-		if errors.Is(err, ErrCorrupt) {
-			t.Errorf("Decode(version %d batch) = %v, want it not to wrap ErrCorrupt", v, err)
-		}
+	}
+	// A newer version than this build reads is an upgrade away.
+	bad := smallBatch(t)
+	bad[len(magic)] = Version + 1
+	if _, err := Decode(bad); err == nil || !strings.Contains(err.Error(), "upgrade pgcourier") {
+		t.Errorf("Decode(version %d batch) = %v, want an error that says to upgrade", Version+1, err)
 	}
 	if _, err := Decode([]byte("not a batch at all")); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "not a pgcourier batch") {
 		t.Errorf("Decode(text) = %v, want an error wrapping ErrCorrupt saying it is not a batch", err)
@@ -538,7 +599,7 @@ func TestVersion(t *testing.T) {
 // hostileHeader returns a header for a body of one transaction (commit LSN
 // 5, commit time 0) with one row change.
 func hostileHeader() Header {
-	return Header{Version: Version, Source: "laptop-07", Epoch: 1, Seq: 1, Transactions: 1, Rows: 1,
+	return Header{Version: version1, Source: "laptop-07", Epoch: 1, Seq: 1, Transactions: 1, Rows: 1,
 		FirstLSN: 5, LastLSN: 5, FirstCommit: time.UnixMicro(0).UTC(), LastCommit: time.UnixMicro(0).UTC()}
 }
 
@@ -677,6 +738,139 @@ func TestDecodeHostileHeader(t *testing.T) {
 				t.Errorf("Decode(batch with %s) = %v, %v; want nil, an error wrapping ErrCorrupt containing %q", tt.name, b, err, tt.want)
 			}
 		})
+	}
+}
+
+// TestContinued checks that a continued batch is written in version 2 and
+// every other batch in version 1, and that the flag comes back from
+// ReadHeader and Decode.
+func TestContinued(t *testing.T) {
+	for _, continued := range []bool{false, true} {
+		b := small(t)
+		b.Continued = continued
+		data := mustEncode(t, b)
+		wantVersion := version1
+		if continued {
+			wantVersion = version2
+		}
+		h, err := ReadHeader(data)
+		if err != nil {
+			t.Fatalf("ReadHeader(batch continued %v) = %v", continued, err)
+		}
+		if h.Version != wantVersion || h.Continued != continued {
+			t.Errorf("ReadHeader(batch continued %v) = version %d, continued %v; want version %d, continued %v",
+				continued, h.Version, h.Continued, wantVersion, continued)
+		}
+		if v := data[len(magic)]; int(v) != wantVersion {
+			t.Errorf("Encode(batch continued %v) writes version byte %d, want %d", continued, v, wantVersion)
+		}
+		got, err := Decode(data)
+		if err != nil {
+			t.Fatalf("Decode(batch continued %v) = %v", continued, err)
+		}
+		if diff := cmp.Diff(b, got); diff != "" {
+			t.Errorf("Decode(Encode(batch continued %v)) differs (-want +got):\n%s", continued, diff)
+		}
+	}
+
+	// Version 2 is version 1 with the flags byte after the row count: the
+	// header fields differ in the version byte and that one byte.
+	v1, v2 := smallBatch(t), smallContinuedBatch(t)
+	head1, head2 := headerFields(t, v1), headerFields(t, v2)
+	off := flagsOffset(t, v2)
+	without := append(bytes.Clone(head2[:off]), head2[off+1:]...)
+	without[len(magic)] = version1
+	if head2[off] != flagContinued || !bytes.Equal(without, head1) {
+		t.Errorf("version 2 header fields are % x, want those of version 1 (% x) with version 2 and flags 0x01 at offset %d", head2, head1, off)
+	}
+}
+
+// headerFields returns the header fields of data, before the hash.
+func headerFields(t testing.TB, data []byte) []byte {
+	t.Helper()
+	_, n, err := readHeader(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data[:n-8-sha256.Size]
+}
+
+// flagsOffset returns the offset of the flags byte in a version 2 batch:
+// right after the row count.
+func flagsOffset(t testing.TB, data []byte) int {
+	t.Helper()
+	r := reader{s: string(data), off: len(magic) + 1, what: "header"}
+	r.str()     // source
+	r.varint()  // epoch
+	r.uvarint() // seq
+	r.uvarint() // transactions
+	r.uvarint() // rows
+	if r.err != nil || data[len(magic)] != version2 {
+		t.Fatalf("flagsOffset: not a version 2 header: %v", r.err)
+	}
+	return r.off
+}
+
+// withFlags returns h and body as a version 2 batch whose flags byte is
+// flags, with its hash and checksums right.
+func withFlags(t testing.TB, h Header, body []byte, flags byte) []byte {
+	t.Helper()
+	h.Version, h.Continued = version2, true
+	data := sealed(t, h, body)
+	_, n, err := readHeader(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[flagsOffset(t, data)] = flags
+	hashAt := n - 8 - sha256.Size
+	sum := sha256.New()
+	sum.Write(data[:hashAt])
+	sum.Write(body)
+	copy(data[hashAt:], sum.Sum(nil))
+	fixFrameChecksum(data, n)
+	return data
+}
+
+// TestDecodeFlags checks that a version 2 header with any flags but
+// "continued", or a continued one without a transaction, is refused, though
+// its checksums and hash are right.
+func TestDecodeFlags(t *testing.T) {
+	good := body(5, 0, 1, byte('I'), 0, "public", "t", 1, "id", "int", byte(1), byte(imageNew), byte('t'), "1")
+	data := withFlags(t, hostileHeader(), good, flagContinued)
+	b, err := Decode(data)
+	if err != nil || !b.Continued {
+		t.Fatalf("Decode(crafted continued batch) = %+v, %v; want a continued batch", b, err)
+	}
+
+	for _, tt := range []struct {
+		flags byte
+		want  string
+	}{
+		{0x00, "version 2 header without the continued flag"},
+		{0x02, "header flags 0x02: bits 0x02 are not defined"},
+		{0x03, "header flags 0x03: bits 0x02 are not defined"},
+		{0x80, "header flags 0x80: bits 0x80 are not defined"},
+		{0xff, "header flags 0xff: bits 0xfe are not defined"},
+	} {
+		data := withFlags(t, hostileHeader(), good, tt.flags)
+		if _, err := ReadHeader(data); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ReadHeader(version 2 batch with flags 0x%02x) = %v, want an error wrapping ErrCorrupt containing %q", tt.flags, err, tt.want)
+		}
+		b, err := Decode(data)
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tt.want) || b != nil {
+			t.Errorf("Decode(version 2 batch with flags 0x%02x) = %v, %v; want nil, an error wrapping ErrCorrupt containing %q", tt.flags, b, err, tt.want)
+		}
+	}
+
+	h := hostileHeader()
+	h.Version, h.Continued, h.Transactions, h.Rows = version2, true, 0, 0
+	data = sealed(t, h, nil)
+	const want = "continued batch without a transaction"
+	if _, err := ReadHeader(data); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), want) {
+		t.Errorf("ReadHeader(continued batch without a transaction) = %v, want an error wrapping ErrCorrupt containing %q", err, want)
+	}
+	if b, err := Decode(data); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), want) || b != nil {
+		t.Errorf("Decode(continued batch without a transaction) = %v, %v; want nil, an error wrapping ErrCorrupt containing %q", b, err, want)
 	}
 }
 
