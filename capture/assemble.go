@@ -13,28 +13,50 @@ import (
 // relations the stream has described; a new Relation message for a table
 // replaces its entry with a new *Relation, so changes made before keep the
 // column list they were made against.
+//
+// A transaction that outgrows partRows changes or about partBytes of values
+// is handed over in parts as it streams in (see committed.part), so that
+// memory stays bounded whatever its size.
 type assembler struct {
 	relations map[uint32]*pgcourier.Relation
 	typeName  func(ctx context.Context, oid uint32, typmod int32) (string, error)
+	// written says how much of the transaction committed at lsn the outbox
+	// holds already: all of it, or its first rows changes (written in parts
+	// before a restart). Those changes are dropped as they come again.
+	written func(lsn pgcourier.LSN) (all bool, rows int)
+
+	partRows, partBytes int
 
 	open    bool
 	skip    bool   // the open transaction carries a replication origin
 	marker  string // a snapshot watermark the open transaction carries
+	drop    bool   // the outbox holds the open transaction already
+	dropN   int    // changes still to drop: written in parts before a restart
+	parted  bool   // the open transaction was handed over in parts
 	tx      pgcourier.Transaction
 	txBytes int
 }
 
-func newAssembler(typeName func(ctx context.Context, oid uint32, typmod int32) (string, error)) *assembler {
-	return &assembler{relations: map[uint32]*pgcourier.Relation{}, typeName: typeName}
+func newAssembler(typeName func(ctx context.Context, oid uint32, typmod int32) (string, error),
+	written func(pgcourier.LSN) (bool, int), partRows, partBytes int) *assembler {
+	return &assembler{relations: map[uint32]*pgcourier.Relation{}, typeName: typeName, written: written,
+		partRows: partRows, partBytes: partBytes}
 }
 
-// committed is a transaction the stream finished.
+// committed is a transaction the stream finished, or the next part of one
+// it has not finished.
 type committed struct {
 	tx      pgcourier.Transaction
-	endLSN  pgcourier.LSN // end of the commit record: what the slot may confirm
+	endLSN  pgcourier.LSN // end of the commit record: what the slot may confirm (zero for a part)
 	skipped bool          // carried an origin: relayed data, not captured
 	marker  string        // the snapshot watermark it carried, if any
 	bytes   int           // approximate size of its values
+	// part: the transaction goes on; tx holds its next changes, with its
+	// commit LSN and commit time as its Begin message announced them.
+	part bool
+	// parted: the transaction was handed over in parts before this, its
+	// last one, or written in parts before a restart.
+	parted bool
 }
 
 // inTransaction reports whether a transaction has begun and not committed.
@@ -60,6 +82,11 @@ func (a *assembler) add(ctx context.Context, msg pglogrepl.Message) (*committed,
 		}
 		a.open, a.skip, a.marker, a.txBytes = true, false, "", 0
 		a.tx = pgcourier.Transaction{CommitLSN: pgcourier.LSN(m.FinalLSN), CommitTime: m.CommitTime}
+		a.drop, a.dropN = false, 0
+		if a.written != nil {
+			a.drop, a.dropN = a.written(a.tx.CommitLSN)
+		}
+		a.parted = a.dropN > 0
 	case *pglogrepl.OriginMessage:
 		a.skip = true
 	case *pglogrepl.LogicalDecodingMessage:
@@ -67,23 +94,29 @@ func (a *assembler) add(ctx context.Context, msg pglogrepl.Message) (*committed,
 			a.marker = string(m.Content)
 		}
 	case *pglogrepl.InsertMessage:
-		return nil, a.change(m.RelationID, pgcourier.OpInsert, m.Tuple, nil)
+		part := a.cut()
+		return part, a.change(m.RelationID, pgcourier.OpInsert, m.Tuple, nil)
 	case *pglogrepl.UpdateMessage:
-		return nil, a.change(m.RelationID, pgcourier.OpUpdate, m.NewTuple, m.OldTuple)
+		part := a.cut()
+		return part, a.change(m.RelationID, pgcourier.OpUpdate, m.NewTuple, m.OldTuple)
 	case *pglogrepl.DeleteMessage:
-		return nil, a.change(m.RelationID, pgcourier.OpDelete, nil, m.OldTuple)
+		part := a.cut()
+		return part, a.change(m.RelationID, pgcourier.OpDelete, nil, m.OldTuple)
 	case *pglogrepl.TruncateMessage:
+		// The changes of one message stay in one part.
+		part := a.cut()
 		for _, id := range m.RelationIDs {
 			if err := a.change(id, pgcourier.OpTruncate, nil, nil); err != nil {
 				return nil, err
 			}
 		}
+		return part, nil
 	case *pglogrepl.CommitMessage:
 		if !a.open {
 			return nil, fmt.Errorf("commit without a transaction")
 		}
 		a.open = false
-		c := &committed{tx: a.tx, endLSN: pgcourier.LSN(m.TransactionEndLSN), skipped: a.skip, marker: a.marker, bytes: a.txBytes}
+		c := &committed{tx: a.tx, endLSN: pgcourier.LSN(m.TransactionEndLSN), skipped: a.skip, marker: a.marker, bytes: a.txBytes, parted: a.parted}
 		c.tx.CommitLSN = pgcourier.LSN(m.CommitLSN)
 		c.tx.CommitTime = m.CommitTime
 		a.tx = pgcourier.Transaction{}
@@ -94,16 +127,44 @@ func (a *assembler) add(ctx context.Context, msg pglogrepl.Message) (*committed,
 	return nil, nil
 }
 
+// cut hands over the changes of the open transaction as a part when it
+// holds a part's worth and another change arrives, before that change is
+// added. So a part never splits the changes of one message, and the last
+// part, the one the commit brings, is never empty. A transaction with a
+// snapshot watermark is never cut: its changes decide which rows of the
+// chunk stand.
+func (a *assembler) cut() *committed {
+	if !a.open || a.marker != "" || len(a.tx.Changes) == 0 ||
+		len(a.tx.Changes) < a.partRows && a.txBytes < a.partBytes {
+		return nil
+	}
+	part := &committed{tx: a.tx, skipped: a.skip, bytes: a.txBytes, part: true}
+	a.tx.Changes = make([]pgcourier.Change, 0, len(part.tx.Changes))
+	a.txBytes = 0
+	a.parted = true
+	return part
+}
+
+// change adds one change to the open transaction, unless the outbox holds
+// it already.
 func (a *assembler) change(relID uint32, op pgcourier.Op, newTuple, oldTuple *pglogrepl.TupleData) error {
 	if !a.open {
 		return fmt.Errorf("%s outside a transaction", op)
 	}
-	// The changes of a skipped transaction are kept until its commit: a
-	// snapshot chunk in flight needs to know which rows they touched.
 	rel, ok := a.relations[relID]
 	if !ok {
 		return fmt.Errorf("%s of relation %d before its Relation message", op, relID)
 	}
+	if a.drop {
+		return nil
+	}
+	if a.dropN > 0 {
+		a.dropN--
+		return nil
+	}
+	// The changes of a skipped transaction are kept until its commit, or
+	// its next part: a snapshot chunk in flight needs to know which rows
+	// they touched.
 	ch := pgcourier.Change{Rel: rel, Op: op}
 	var err error
 	if newTuple != nil {

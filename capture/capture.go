@@ -48,6 +48,15 @@ type Options struct {
 	// the precision of last-writer-wins between sources.
 	MaxBatchSpan time.Duration
 
+	// A transaction that grows past PartRows changes or about PartBytes of
+	// values is written to the outbox in parts of that size as it streams
+	// in, before its commit arrives, so that capture's memory stays bounded
+	// whatever the size of a transaction. The parts are batches of their
+	// own, marked continued (see pgcourier.Batch); the applier applies them
+	// as one transaction.
+	PartRows  int
+	PartBytes int
+
 	// SnapshotChunkRows is the most rows one chunk of the initial snapshot
 	// reads.
 	SnapshotChunkRows int
@@ -72,6 +81,8 @@ const (
 	DefaultMaxBatchBytes  = 8 << 20
 	DefaultMaxBatchDelay  = 100 * time.Millisecond
 	DefaultMaxBatchSpan   = time.Second
+	DefaultPartRows       = 20000
+	DefaultPartBytes      = 16 << 20
 	DefaultStatusInterval = 10 * time.Second
 	DefaultReadTimeout    = 90 * time.Second
 )
@@ -111,6 +122,12 @@ func New(opts Options) (*Capturer, error) {
 	}
 	if opts.MaxBatchSpan <= 0 {
 		opts.MaxBatchSpan = DefaultMaxBatchSpan
+	}
+	if opts.PartRows <= 0 {
+		opts.PartRows = DefaultPartRows
+	}
+	if opts.PartBytes <= 0 {
+		opts.PartBytes = DefaultPartBytes
 	}
 	if opts.SnapshotChunkRows <= 0 {
 		opts.SnapshotChunkRows = DefaultSnapshotChunkRows
@@ -214,7 +231,7 @@ func (c *Capturer) session(ctx context.Context) error {
 	defer snap.close(ctx)
 
 	s := &stream{c: c, db: db, repl: repl, ob: ob, snap: snap}
-	s.asm = newAssembler(s.typeName)
+	s.asm = newAssembler(s.typeName, ob.written, c.opts.PartRows, c.opts.PartBytes)
 	err = s.run(ctx)
 	if ctx.Err() != nil {
 		// Shutting down: keep what was received, tell the slot, and go.
@@ -397,9 +414,39 @@ func (s *stream) copyData(ctx context.Context, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("replication stream: %w", err)
 		}
-		if done != nil {
+		switch {
+		case done == nil:
+		case done.part:
+			return s.part(ctx, done)
+		default:
 			return s.commit(ctx, done)
 		}
+	}
+	return nil
+}
+
+// part writes the next part of an open transaction to the outbox, after
+// the transactions before it. The slot hears nothing of it: the position
+// it may confirm is still the end of the last whole transaction, and a
+// restarted capture skips the changes written (outbox.written).
+func (s *stream) part(ctx context.Context, t *committed) error {
+	s.snap.observe(&t.tx)
+	if t.skipped {
+		return nil // relayed data: observed, and not kept
+	}
+	if len(s.pending) > 0 {
+		if err := s.flush(ctx); err != nil {
+			return err
+		}
+	}
+	b := &pgcourier.Batch{Transactions: []pgcourier.Transaction{t.tx}, Continued: true}
+	if err := s.ob.append(ctx, b, nil); err != nil {
+		return err
+	}
+	s.c.log.Debug("part of a large transaction captured", "seq", b.Seq, "rows", len(t.tx.Changes),
+		"rows_so_far", s.ob.partRows, "commit_lsn", t.tx.CommitLSN)
+	if s.c.opts.Appended != nil {
+		s.c.opts.Appended()
 	}
 	return nil
 }
@@ -407,7 +454,10 @@ func (s *stream) copyData(ctx context.Context, data []byte) error {
 // commit takes a finished transaction into the pending batch, or skips it.
 func (s *stream) commit(ctx context.Context, t *committed) error {
 	s.snap.observe(&t.tx)
-	tx, keep := &t.tx, !t.skipped && len(t.tx.Changes) > 0 // relayed data, or nothing published
+	// Relayed data, or nothing published, is skipped; but the last part
+	// of a transaction written in parts must follow the others even if
+	// every change in it was written before.
+	tx, keep := &t.tx, !t.skipped && (len(t.tx.Changes) > 0 || t.parted)
 	var prog *snapProgress
 	size := t.bytes
 	if t.marker != "" {
@@ -419,7 +469,8 @@ func (s *stream) commit(ctx context.Context, t *committed) error {
 		keep = false
 	}
 	if keep {
-		if len(s.pending) > 0 && tx.CommitTime.Sub(s.pending[0].CommitTime) > s.c.opts.MaxBatchSpan {
+		if len(s.pending) > 0 && tx.CommitTime.Sub(s.pending[0].CommitTime) > s.c.opts.MaxBatchSpan ||
+			t.parted && len(s.pending) > 0 {
 			if err := s.flush(ctx); err != nil {
 				return err
 			}
@@ -454,7 +505,7 @@ func (s *stream) commit(ctx context.Context, t *committed) error {
 // flush writes the pending transactions to the outbox as one batch and
 // confirms them to the slot.
 func (s *stream) flush(ctx context.Context) error {
-	if err := s.ob.append(ctx, s.pending, s.progress); err != nil {
+	if err := s.ob.append(ctx, &pgcourier.Batch{Transactions: s.pending}, s.progress); err != nil {
 		return err
 	}
 	s.c.log.Debug("batch captured", "seq", s.ob.nextSeq-1, "transactions", len(s.pending), "rows", s.pendingRows, "lsn", s.processed)
@@ -489,37 +540,83 @@ type outbox struct {
 	epoch         int64
 	nextSeq       uint64
 	lastCommitLSN pgcourier.LSN
+	// The transaction being written in parts, if any: its commit LSN and
+	// the changes of it written so far.
+	partLSN  pgcourier.LSN
+	partRows int
 }
 
 func openOutbox(ctx context.Context, db *pgx.Conn, source, slot string) (*outbox, error) {
 	ob := &outbox{db: db, source: source, slot: slot}
 	var lsn string
-	err := db.QueryRow(ctx, `SELECT epoch, next_seq, last_commit_lsn::text FROM pgcourier.capture_state WHERE slot = $1`, slot).
-		Scan(&ob.epoch, &ob.nextSeq, &lsn)
+	var partLSN *string
+	err := db.QueryRow(ctx, `
+		SELECT epoch, next_seq, last_commit_lsn::text, part_lsn::text, part_rows
+		  FROM pgcourier.capture_state WHERE slot = $1`, slot).
+		Scan(&ob.epoch, &ob.nextSeq, &lsn, &partLSN, &ob.partRows)
 	if err != nil {
 		return nil, fmt.Errorf("read capture state: %w", err)
 	}
 	if ob.lastCommitLSN, err = pgcourier.ParseLSN(lsn); err != nil {
 		return nil, fmt.Errorf("read capture state: %w", err)
 	}
+	if partLSN != nil {
+		if ob.partLSN, err = pgcourier.ParseLSN(*partLSN); err != nil {
+			return nil, fmt.Errorf("read capture state: %w", err)
+		}
+	}
 	return ob, nil
 }
 
-// append writes txs as the next batch, the new capture state and the
-// snapshot progress the batch makes, in one transaction.
-func (ob *outbox) append(ctx context.Context, txs []pgcourier.Transaction, progress []snapProgress) error {
-	b := &pgcourier.Batch{Source: ob.source, Epoch: ob.epoch, Seq: ob.nextSeq, Transactions: txs}
+// written says how much of the transaction committed at lsn the outbox
+// holds: all of it, or its first rows changes.
+func (ob *outbox) written(lsn pgcourier.LSN) (all bool, rows int) {
+	if lsn <= ob.lastCommitLSN {
+		return true, 0
+	}
+	if lsn == ob.partLSN {
+		return false, ob.partRows
+	}
+	return false, 0
+}
+
+// append writes b's transactions as the next batch, the new capture state
+// and the snapshot progress the batch makes, in one transaction. It fills
+// in b's source, epoch and seq. A continued batch is the next part of its
+// last transaction: the state records how much of that is written instead
+// of its commit, which is still to come.
+func (ob *outbox) append(ctx context.Context, b *pgcourier.Batch, progress []snapProgress) error {
+	b.Source, b.Epoch, b.Seq = ob.source, ob.epoch, ob.nextSeq
+	txs := b.Transactions
 	payload, err := wire.Encode(b)
 	if err != nil {
 		return fmt.Errorf("encode batch %d: %w", b.Seq, err)
 	}
 	first, last := txs[0], txs[len(txs)-1]
+	partLSN, partRows := pgcourier.LSN(0), 0
+	if b.Continued {
+		partLSN, partRows = last.CommitLSN, len(last.Changes)
+		if partLSN == ob.partLSN {
+			partRows += ob.partRows
+		}
+	}
 	err = pgx.BeginFunc(ctx, ob.db, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `
-			UPDATE pgcourier.capture_state
-			   SET next_seq = next_seq + 1, last_commit_lsn = $4::text::pg_lsn, updated_at = now()
-			 WHERE slot = $1 AND epoch = $2 AND next_seq = $3`,
-			ob.slot, ob.epoch, b.Seq, last.CommitLSN.String())
+		var tag pgconn.CommandTag
+		var err error
+		if b.Continued {
+			tag, err = tx.Exec(ctx, `
+				UPDATE pgcourier.capture_state
+				   SET next_seq = next_seq + 1, part_lsn = $4::text::pg_lsn, part_rows = $5, updated_at = now()
+				 WHERE slot = $1 AND epoch = $2 AND next_seq = $3`,
+				ob.slot, ob.epoch, b.Seq, partLSN.String(), partRows)
+		} else {
+			tag, err = tx.Exec(ctx, `
+				UPDATE pgcourier.capture_state
+				   SET next_seq = next_seq + 1, last_commit_lsn = $4::text::pg_lsn,
+				       part_lsn = NULL, part_rows = 0, updated_at = now()
+				 WHERE slot = $1 AND epoch = $2 AND next_seq = $3`,
+				ob.slot, ob.epoch, b.Seq, last.CommitLSN.String())
+		}
 		if err != nil {
 			return err
 		}
@@ -540,7 +637,12 @@ func (ob *outbox) append(ctx context.Context, txs []pgcourier.Transaction, progr
 		return fmt.Errorf("append batch %d to outbox: %w", b.Seq, err)
 	}
 	ob.nextSeq++
-	ob.lastCommitLSN = last.CommitLSN
+	if b.Continued {
+		ob.partLSN, ob.partRows = partLSN, partRows
+	} else {
+		ob.lastCommitLSN = last.CommitLSN
+		ob.partLSN, ob.partRows = 0, 0
+	}
 	return nil
 }
 
