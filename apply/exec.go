@@ -35,13 +35,16 @@ const (
 SELECT p.epoch, p.applied_seq,
        (SELECT e.final_seq FROM pgcourier.source_epochs e WHERE e.source = $1 AND e.epoch = $2),
        pg_catalog.current_setting('track_commit_timestamp')::bool,
-       pg_catalog.pg_replication_origin_oid($3)
+       pg_catalog.pg_replication_origin_oid($3),
+       (SELECT min(s.seq) FROM pgcourier.staged s WHERE s.source = $1 AND s.epoch = $2)
   FROM (SELECT 1) one
   LEFT JOIN pgcourier.source_progress p ON p.source = $1`
 
-	// advanceSQL records a batch as applied (or parked): the new progress,
-	// the epoch history, and the end of any block. It fails unless the
-	// progress is still what the batch was checked against.
+	// advanceSQL records a batch as applied (or parked, or staged): the new
+	// progress, the epoch history, and the end of any block. It fails
+	// unless the progress is still what the batch was checked against. The
+	// conflicts it counts are those of seqs $9 to $3: the batch's, and
+	// those of the parts of its first transaction applied with it.
 	advanceSQL = `
 WITH prev AS (
   SELECT epoch, applied_seq FROM pgcourier.source_progress WHERE source = $1
@@ -60,7 +63,7 @@ WITH prev AS (
   INSERT INTO pgcourier.source_progress AS p
          (source, epoch, applied_seq, applied_at, last_commit_lsn, last_commit_time, batches, rows, conflicts)
   VALUES ($1, $2, $3, now(), $4::text::pg_lsn, $5::timestamptz, 1, $6::int8,
-          (SELECT count(*) FROM pgcourier.conflicts c WHERE c.source = $1 AND c.epoch = $2 AND c.seq = $3))
+          (SELECT count(*) FROM pgcourier.conflicts c WHERE c.source = $1 AND c.epoch = $2 AND c.seq BETWEEN $9::int8 AND $3))
   ON CONFLICT (source) DO UPDATE SET
     epoch = excluded.epoch, applied_seq = excluded.applied_seq, applied_at = excluded.applied_at,
     last_commit_lsn = coalesce(excluded.last_commit_lsn, p.last_commit_lsn),
@@ -212,6 +215,7 @@ type started struct {
 	progress
 	tracking bool    // track_commit_timestamp is on
 	origin   *uint32 // the source's replication origin, nil if it vanished
+	staged   uint64  // the first part staged for the batch's epoch; 0 if none
 	tables   map[tableName]*table
 }
 
@@ -241,8 +245,8 @@ func (s *session) begin(ctx context.Context, source string, epoch int64, origin 
 			return st, err
 		}
 	}
-	var pEpoch, pSeq, final *int64
-	if err := br.QueryRow().Scan(&pEpoch, &pSeq, &final, &st.tracking, &st.origin); err != nil {
+	var pEpoch, pSeq, final, staged *int64
+	if err := br.QueryRow().Scan(&pEpoch, &pSeq, &final, &st.tracking, &st.origin, &staged); err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && (pe.Code == "42P01" || pe.Code == "42883") {
 			return st, fmt.Errorf("read progress: %w (run pgcourier init: the pgcourier schema is missing or older than this build)", err)
@@ -254,6 +258,9 @@ func (s *session) begin(ctx context.Context, source string, epoch int64, origin 
 	}
 	if final != nil {
 		st.final = *final
+	}
+	if staged != nil {
+		st.staged = uint64(*staged)
 	}
 	st.tables = map[tableName]*table{}
 	if len(names) > 0 {
@@ -343,6 +350,9 @@ func (w *Writer) apply(ctx context.Context, b *pgcourier.Batch, cautious bool) (
 		}
 		return res, nil
 	}
+	if b.Continued {
+		return w.stage(ctx, s, b, st)
+	}
 	if !st.tracking {
 		be := &BlockedError{SQLState: "55000", Message: "track_commit_timestamp is off upstream: last writer wins cannot tell who wrote a row"}
 		be.Hint = hintFor(be, nil)
@@ -355,31 +365,57 @@ func (w *Writer) apply(ctx context.Context, b *pgcourier.Batch, cautious bool) (
 		return Result{}, fmt.Errorf("apply %s seq %d: replication origin %s vanished; retry", b.Source, b.Seq, origin)
 	}
 
+	// The parts of the batch's first transaction, staged before it, apply
+	// first, in the same transaction.
+	ps := pass{of: b, first: true, last: true}
+	var parts Result
+	if st.staged > 0 {
+		var err error
+		if parts, err = w.applyStaged(ctx, s, b, &st, cautious); err != nil || parts.Status != 0 {
+			return parts, err
+		}
+		ps.first, ps.partsFrom = false, st.staged
+	}
+	runs, reordered, be := w.plan(b, st.tables, cautious)
+	if be != nil {
+		return w.blockAfter(ctx, s, b, be, applied)
+	}
+	res, err = w.write(ctx, s, b, st, runs, reordered, ps)
+	if err == nil && res.Status == Applied {
+		res.Changes += parts.Changes
+		res.Conflicts += parts.Conflicts
+	}
+	return res, err
+}
+
+// plan plans the runs of batch part's changes, with the catalog of their
+// tables; a missing table, or one whose columns do not fit, blocks it.
+func (w *Writer) plan(part *pgcourier.Batch, tables map[tableName]*table, cautious bool) ([]*run, bool, *BlockedError) {
 	plans := map[*pgcourier.Relation]*relPlan{}
-	for _, tx := range b.Transactions {
+	for _, tx := range part.Transactions {
 		for _, ch := range tx.Changes {
 			if plans[ch.Rel] != nil {
 				continue
 			}
-			t := st.tables[tableName{ch.Rel.Schema, ch.Rel.Name}]
+			t := tables[tableName{ch.Rel.Schema, ch.Rel.Name}]
 			if t == nil {
-				return w.blockAfter(ctx, s, b, missingTable(ch.Rel, ch.Op), applied)
+				return nil, false, missingTable(ch.Rel, ch.Op)
 			}
 			p, err := planRelation(ch.Rel, t, w.policyOf(t.Schema, t.Name))
 			if err != nil {
 				var be *BlockedError
 				errors.As(err, &be)
 				be.Op = ch.Op
-				return w.blockAfter(ctx, s, b, be, applied)
+				return nil, false, be
 			}
 			plans[ch.Rel] = p
 		}
 	}
-	runs, reordered := planRuns(b, plans, cautious)
+	runs, reordered := planRuns(part, plans, cautious)
 	for _, r := range runs {
-		r.judge = w.judging(b.Source, r.p.t)
+		r.judge = w.judging(part.Source, r.p.t)
 	}
-	return w.write(ctx, s, b, st, runs, reordered)
+	return runs, reordered, nil
 }
 
 // queued is a statement of a batch's second round trip.
@@ -388,9 +424,19 @@ type queued struct {
 	stmt stmt
 }
 
-// write applies the runs, records progress and commits, in one round trip
-// (two when statements must be prepared first).
-func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st started, runs []*run, reordered bool) (Result, error) {
+// pass is one round trip of a batch's transaction: the batch's own changes,
+// or those of a part of its first transaction staged before it.
+type pass struct {
+	of        *pgcourier.Batch // the batch whose changes the runs hold
+	first     bool             // the transaction's first round trip: it sets up the origin
+	last      bool             // its last: it records the progress, deletes the parts and commits
+	partsFrom uint64           // the seq of the first staged part applied, 0 if none
+}
+
+// write applies the runs of ps.of in b's transaction. The last pass also
+// records progress and commits, in the same round trip (two when
+// statements must be prepared first).
+func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st started, runs []*run, reordered bool, ps pass) (Result, error) {
 	var q []queued
 	bt := &pgx.Batch{}
 	add := func(r *run, sm stmt, args ...any) {
@@ -398,14 +444,18 @@ func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st s
 		bt.Queue(sm.sql, args...)
 	}
 	origin := pgcourier.OriginName(b.Source)
-	add(nil, stmt{sql: originSetupSQL, exec: true}, origin)
 	var lastLSN *string
 	var lastTime *time.Time
 	if n := len(b.Transactions); n > 0 {
 		last := b.Transactions[n-1]
 		l := last.CommitLSN.String()
 		lastLSN, lastTime = &l, &last.CommitTime
-		add(nil, stmt{sql: xactSetupSQL, exec: true}, l, last.CommitTime)
+	}
+	if ps.first {
+		add(nil, stmt{sql: originSetupSQL, exec: true}, origin)
+		if lastLSN != nil {
+			add(nil, stmt{sql: xactSetupSQL, exec: true}, *lastLSN, *lastTime)
+		}
 	}
 	mode := customPlans
 	for _, r := range runs {
@@ -422,18 +472,26 @@ func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st s
 			add(nil, stmt{sql: "SET LOCAL plan_cache_mode = " + mode, exec: true})
 		}
 		for _, sm := range stmts {
-			add(r, sm, w.args(r, sm, b, *st.origin)...)
+			add(r, sm, w.args(r, sm, ps.of, *st.origin)...)
 		}
 	}
-	prevEpoch, prevSeq := any(nil), any(nil)
-	if st.known {
-		prevEpoch, prevSeq = st.epoch, int64(st.applied)
+	committed := len(q) + 1 // past the end: nothing commits in this round trip
+	if ps.last {
+		prevEpoch, prevSeq := any(nil), any(nil)
+		if st.known {
+			prevEpoch, prevSeq = st.epoch, int64(st.applied)
+		}
+		from := b.Seq
+		if ps.partsFrom > 0 {
+			from = ps.partsFrom
+			add(nil, stmt{sql: unstageSQL, exec: true}, b.Source, b.Epoch, int64(b.Seq))
+		}
+		add(nil, stmt{sql: advanceSQL, exec: true}, b.Source, b.Epoch, int64(b.Seq), lastLSN, lastTime, int64(b.Rows()), prevEpoch, prevSeq, int64(from))
+		add(nil, stmt{sql: "COMMIT", exec: true})
+		committed = len(q) - 1
+		add(nil, stmt{sql: originResetSQL, exec: true})
+		add(nil, stmt{sql: unlockSQL, exec: true}, b.Source)
 	}
-	add(nil, stmt{sql: advanceSQL, exec: true}, b.Source, b.Epoch, int64(b.Seq), lastLSN, lastTime, int64(b.Rows()), prevEpoch, prevSeq)
-	add(nil, stmt{sql: "COMMIT", exec: true})
-	committed := len(q) - 1
-	add(nil, stmt{sql: originResetSQL, exec: true})
-	add(nil, stmt{sql: unlockSQL, exec: true}, b.Source)
 
 	res := Result{Status: Applied, AppliedSeq: b.Seq, NextSeq: b.Seq + 1}
 	failed, ferr := -1, error(nil)
@@ -463,7 +521,7 @@ func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st s
 		ferr = err
 	}
 	if ferr == nil {
-		s.dirty = false
+		s.dirty = !ps.last
 		return res, nil
 	}
 	if failed > committed {

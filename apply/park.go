@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	pgcourier "github.com/pgcourier/pgcourier"
+	"github.com/pgcourier/pgcourier/wire"
 )
 
 // parkSQL records every change of a parked batch in pgcourier.conflicts,
@@ -28,7 +29,10 @@ SELECT $1, $2, $3, u.pos, u.lsn::pg_lsn, u.ct, u.sch, u.tbl, u.op, 'parked', u.i
 // with rule "parked" and reason as the detail, and advances the source's
 // progress past it, in one transaction: the source's later batches can then
 // apply, and nothing of the parked one is lost. An operator re-applies its
-// changes by hand, or not at all.
+// changes by hand, or not at all. The staged parts of the batch's first
+// transaction are parked with it: a source transaction is parked whole.
+// A part itself (a continued batch) is refused: it is staged, never
+// blocked, and its transaction is parked with the batch that ends it.
 //
 // The batch must be the source's next one (Apply reported it Blocked, for
 // instance), or a batch of a replaced epoch, which is recorded without
@@ -48,6 +52,9 @@ func (w *Writer) Park(ctx context.Context, source string, epoch int64, seq uint6
 		}
 		if err := validate(batch); err != nil {
 			return fmt.Errorf("park %s seq %d: %w: %w", source, seq, ErrInvalid, err)
+		}
+		if batch.Continued {
+			return fmt.Errorf("park %s seq %d: %w: it is a part of a larger transaction; park the batch that ends it", source, seq, ErrNotNext)
 		}
 	}
 	conn, err := w.conns.acquire(ctx)
@@ -74,6 +81,24 @@ func (w *Writer) Park(ctx context.Context, source string, epoch int64, seq uint6
 	}
 
 	bt := &pgx.Batch{}
+	from := seq
+	if v == vApply && st.staged > 0 {
+		// The parts before it: park them first, in order.
+		for part := st.staged; part < seq; part++ {
+			var payload []byte
+			if err := s.conn.QueryRow(ctx, partSQL, source, epoch, int64(part)).Scan(&payload); err != nil {
+				return fmt.Errorf("park %s seq %d: read part %d: %w", source, seq, part, err)
+			}
+			pb, err := wire.Decode(payload)
+			why := reason
+			if err != nil {
+				pb, why = nil, fmt.Sprintf("%s (staged part %d does not decode: %v)", reason, part, err)
+			}
+			bt.Queue(parkSQL, parkArgs(source, epoch, part, pb, why)...)
+		}
+		bt.Queue(unstageSQL, source, epoch, int64(seq))
+		from = st.staged
+	}
 	bt.Queue(parkSQL, parkArgs(source, epoch, seq, batch, reason)...)
 	if v == vApply {
 		var lastLSN *string
@@ -88,7 +113,7 @@ func (w *Writer) Park(ctx context.Context, source string, epoch int64, seq uint6
 		if st.known {
 			prevEpoch, prevSeq = st.epoch, int64(st.applied)
 		}
-		bt.Queue(advanceSQL, source, epoch, int64(seq), lastLSN, lastTime, int64(rows), prevEpoch, prevSeq)
+		bt.Queue(advanceSQL, source, epoch, int64(seq), lastLSN, lastTime, int64(rows), prevEpoch, prevSeq, int64(from))
 	}
 	bt.Queue("COMMIT")
 	bt.Queue(unlockSQL, source)

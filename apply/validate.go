@@ -20,6 +20,9 @@ func validate(b *pgcourier.Batch) error {
 	if b.Seq == 0 || b.Seq > math.MaxInt64 {
 		return fmt.Errorf("seq %d: want 1 or more", b.Seq)
 	}
+	if b.Continued && len(b.Transactions) == 0 {
+		return fmt.Errorf("continued batch without a transaction to continue")
+	}
 	if n := b.Rows(); n > math.MaxInt32 {
 		return fmt.Errorf("%d changes: too many for one batch", n)
 	}

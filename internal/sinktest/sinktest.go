@@ -89,7 +89,7 @@ func Upstream(t testing.TB) *pgtest.Cluster {
 }
 
 // Sources are the ids of the sources the suite sends as, one per subtest.
-var Sources = []string{"laptop-01", "laptop-02", "laptop-03", "laptop-04", "laptop-05"}
+var Sources = []string{"laptop-01", "laptop-02", "laptop-03", "laptop-04", "laptop-05", "laptop-06"}
 
 // Run runs the suite against the sinks that open returns for the upstream
 // database c (see Upstream), one per subtest, to deliver as the source it
@@ -168,6 +168,31 @@ func Run(t *testing.T, c *pgtest.Cluster, open func(t *testing.T, source string)
 			t.Errorf("gap receipt of a new epoch: next seq = %d, want 1", receipts[0].NextSeq)
 		}
 		wantOutcomes(t, deliver(t, sink, []pgcourier.Parcel{Encode(t, Batch(src, 2, 1, 1))}), pgcourier.Applied)
+	})
+
+	t.Run("a transaction in parts applies whole", func(t *testing.T) {
+		src := source()
+		sink := open(t, src)
+		// Batches 1 to 3 carry one source transaction: 2 rows, 2 rows, 1 row.
+		parts := []*pgcourier.Batch{Batch(src, 1, 1, 2), Batch(src, 1, 2, 2), Batch(src, 1, 3, 1)}
+		for _, b := range parts[1:] {
+			b.Transactions[0].CommitLSN, b.Transactions[0].CommitTime = parts[0].Transactions[0].CommitLSN, parts[0].Transactions[0].CommitTime
+		}
+		parts[0].Continued, parts[1].Continued = true, true
+		var parcels []pgcourier.Parcel
+		for _, b := range parts {
+			parcels = append(parcels, Encode(t, b))
+		}
+		wantOutcomes(t, deliver(t, sink, parcels[:2]), pgcourier.Applied, pgcourier.Applied)
+		if got := rowsOf(t, c, src); got != 0 {
+			t.Errorf("rows of %s before the last part = %d, want 0", src, got)
+		}
+		wantOutcomes(t, deliver(t, sink, parcels[1:2]), pgcourier.Duplicate)
+		wantOutcomes(t, deliver(t, sink, parcels[2:]), pgcourier.Applied)
+		if got := rowsOf(t, c, src); got != 5 {
+			t.Errorf("rows of %s after the last part = %d, want 5", src, got)
+		}
+		wantOutcomes(t, deliver(t, sink, parcels), pgcourier.Duplicate, pgcourier.Duplicate, pgcourier.Duplicate)
 	})
 
 	t.Run("cancelled in flight applies at most once", func(t *testing.T) {

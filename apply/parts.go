@@ -1,0 +1,128 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	pgcourier "github.com/pgcourier/pgcourier"
+	"github.com/pgcourier/pgcourier/wire"
+)
+
+// A source transaction too large for one batch arrives in parts: batches
+// marked continued, then the batch that holds its last changes (see
+// pgcourier.Batch). Each part is staged in pgcourier.staged, in a
+// transaction of its own that also advances the source's progress, so a
+// part is taken exactly once like any batch. The batch after the parts
+// applies them all, one round trip per part, and then its own changes, in
+// one transaction that also deletes them from the stage: the source
+// transaction takes effect whole or not at all, and the writer holds one
+// part in memory at a time.
+
+const (
+	stageSQL = `INSERT INTO pgcourier.staged (source, epoch, seq, rows, payload) VALUES ($1, $2, $3, $4, $5)`
+	partSQL  = `SELECT payload FROM pgcourier.staged WHERE source = $1 AND epoch = $2 AND seq = $3`
+	// unstageSQL deletes the parts a batch applied.
+	unstageSQL = `DELETE FROM pgcourier.staged WHERE source = $1 AND epoch = $2 AND seq < $3`
+)
+
+// stage keeps the continued batch b in the stage and records it taken, in
+// the transaction s has open. The result is Applied: the batch is the
+// writer's to apply, and its sender need not keep it. Its changes count
+// when the batch that ends its transaction applies them.
+func (w *Writer) stage(ctx context.Context, s *session, b *pgcourier.Batch, st started) (Result, error) {
+	payload, err := wire.Encode(b)
+	if err != nil {
+		s.cleanup(ctx) //nolint:errcheck // release closes the connection if it failed
+		return Result{Status: Refused, Err: fmt.Errorf("%w: %w", ErrInvalid, err), AppliedSeq: b.Seq - 1, NextSeq: b.Seq}, nil
+	}
+	prevEpoch, prevSeq := any(nil), any(nil)
+	if st.known {
+		prevEpoch, prevSeq = st.epoch, int64(st.applied)
+	}
+	bt := &pgx.Batch{}
+	bt.Queue(stageSQL, b.Source, b.Epoch, int64(b.Seq), b.Rows(), payload)
+	bt.Queue(advanceSQL, b.Source, b.Epoch, int64(b.Seq), nil, nil, int64(b.Rows()), prevEpoch, prevSeq, int64(b.Seq))
+	bt.Queue("COMMIT")
+	bt.Queue(unlockSQL, b.Source)
+	if err := s.conn.SendBatch(ctx, bt).Close(); err != nil {
+		return Result{}, fmt.Errorf("stage %s seq %d: %w", b.Source, b.Seq, err)
+	}
+	s.dirty = false
+	return Result{Status: Applied, AppliedSeq: b.Seq, NextSeq: b.Seq + 1}, nil
+}
+
+// applyStaged applies the parts staged before b, st.staged to b.Seq-1, in
+// the transaction s has open, adding the catalog of their tables to
+// st.tables. A Result with a Status (Blocked) or an error ends the batch;
+// otherwise the Result counts the changes and conflicts of the parts.
+func (w *Writer) applyStaged(ctx context.Context, s *session, b *pgcourier.Batch, st *started, cautious bool) (Result, error) {
+	var total Result
+	applied := b.Seq - 1
+	for seq := st.staged; seq < b.Seq; seq++ {
+		var payload []byte
+		if err := s.conn.QueryRow(ctx, partSQL, b.Source, b.Epoch, int64(seq)).Scan(&payload); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				be := &BlockedError{Message: fmt.Sprintf("part seq %d of the transaction that batch %d ends is not staged", seq, b.Seq),
+					Hint: "park the batch (pgcourier park) and resync the source"}
+				return w.blockAfter(ctx, s, b, be, applied)
+			}
+			return Result{}, fmt.Errorf("apply %s seq %d: read part %d: %w", b.Source, b.Seq, seq, err)
+		}
+		part, err := wire.Decode(payload)
+		if err == nil && (part.Source != b.Source || part.Epoch != b.Epoch || part.Seq != seq || !part.Continued) {
+			err = fmt.Errorf("holds %s epoch %d seq %d (continued %t)", part.Source, part.Epoch, part.Seq, part.Continued)
+		}
+		if err == nil && seq == b.Seq-1 {
+			end, first := part.Transactions[len(part.Transactions)-1], b.Transactions[0]
+			if len(b.Transactions) == 0 || end.CommitLSN != first.CommitLSN {
+				err = fmt.Errorf("its transaction (commit LSN %s) does not go on in batch %d", end.CommitLSN, b.Seq)
+			}
+		}
+		if err != nil {
+			be := &BlockedError{Message: fmt.Sprintf("staged part seq %d: %v", seq, err), Hint: "park the batch (pgcourier park) and resync the source"}
+			return w.blockAfter(ctx, s, b, be, applied)
+		}
+		if err := s.describe(ctx, part, st.tables); err != nil {
+			return Result{}, fmt.Errorf("apply %s seq %d: %w", b.Source, b.Seq, err)
+		}
+		runs, reordered, be := w.plan(part, st.tables, cautious)
+		if be != nil {
+			return w.blockAfter(ctx, s, b, be, applied)
+		}
+		res, err := w.write(ctx, s, b, *st, runs, reordered, pass{of: part, first: seq == st.staged})
+		if err != nil || res.Status != Applied {
+			return res, err
+		}
+		total.Changes += res.Changes
+		total.Conflicts += res.Conflicts
+	}
+	return total, nil
+}
+
+// describe adds the catalog of the tables of part that tables lacks.
+func (s *session) describe(ctx context.Context, part *pgcourier.Batch, tables map[tableName]*table) error {
+	var names []tableName
+	for _, n := range batchTables(part) {
+		if _, ok := tables[n]; !ok {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	rows, err := s.conn.Query(ctx, catalogSQL, catalogArgs(names)...)
+	if err != nil {
+		return fmt.Errorf("read catalog: %w", err)
+	}
+	got, err := scanCatalog(rows, names)
+	if err != nil {
+		return fmt.Errorf("read catalog: %w", err)
+	}
+	for n, t := range got {
+		tables[n] = t
+	}
+	return nil
+}

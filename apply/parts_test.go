@@ -1,0 +1,147 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	pgcourier "github.com/pgcourier/pgcourier"
+)
+
+// parts returns the batches seq, seq+1 … of one source transaction
+// committed at when, split after the changes counted in sizes; the last
+// batch holds the rest of the changes and then the transactions in after.
+func parts(seq uint64, when pgcourier.Transaction, sizes []int, after ...pgcourier.Transaction) []*pgcourier.Batch {
+	var bs []*pgcourier.Batch
+	rest := when.Changes
+	for _, n := range sizes {
+		part := when
+		part.Changes = rest[:n]
+		rest = rest[n:]
+		b := batch("laptop-07", seq, part)
+		b.Continued = true
+		bs = append(bs, b)
+		seq++
+	}
+	last := when
+	last.Changes = rest
+	return append(bs, batch("laptop-07", seq, append([]pgcourier.Transaction{last}, after...)...))
+}
+
+func TestApplyParts(t *testing.T) {
+	c, w := upstream(t, subjectTable)
+	wantStatus(t, w, batch("laptop-07", 1, txn(at(1), ins(subject, "0", "zero", "NULL"))), Applied)
+
+	big := txn(at(2),
+		ins(subject, "1", "ann", "NULL"), ins(subject, "2", "bob", "NULL"),
+		upd(subject, "0", "zero", "seen"), ins(subject, "3", "cy", "NULL"),
+		del(subject, "2", "NULL", "NULL"), upd(subject, "1", "anne", "NULL"))
+	bs := parts(2, big, []int{2, 2}, txn(at(3), ins(subject, "4", "dee", "NULL")))
+
+	for _, b := range bs[:2] {
+		wantStatus(t, w, b, Applied)
+		if got := query(t, c, `SELECT id, name, note FROM subject ORDER BY id`); !cmp.Equal(got, []string{"0|zero|NULL"}) {
+			t.Fatalf("after part seq %d the table holds %v, want only what seq 1 wrote", b.Seq, got)
+		}
+	}
+	if got := query(t, c, `SELECT seq, rows FROM pgcourier.staged ORDER BY seq`); !cmp.Equal(got, []string{"2|2", "3|2"}) {
+		t.Errorf("staged parts = %v, want seq 2 and 3 of two rows each", got)
+	}
+	wantStatus(t, w, bs[0], Duplicate)
+	if res := wantStatus(t, w, bs[2], Applied); res.Changes != 7 {
+		t.Errorf("the last part applied %d changes, want all 7 of the transaction and the one after it", res.Changes)
+	}
+	want := []string{"0|zero|seen", "1|anne|NULL", "3|cy|NULL", "4|dee|NULL"}
+	if got := query(t, c, `SELECT id, name, note FROM subject ORDER BY id`); !cmp.Equal(got, want) {
+		t.Errorf("subject = %v, want %v", got, want)
+	}
+	// One upstream transaction, with the source's origin and the commit
+	// time of the batch's last transaction.
+	got := query(t, c, `SELECT count(DISTINCT xmin::text), min(o.roname), min(x.timestamp) = $1
+		FROM subject, pg_xact_commit_timestamp_origin(subject.xmin) x JOIN pg_replication_origin o ON o.roident = x.roident
+		WHERE id > 0`, at(3))
+	if !cmp.Equal(got, []string{"1|pgcourier:laptop-07|t"}) {
+		t.Errorf("rows of the parted transaction: %v, want one transaction by pgcourier:laptop-07 at the last commit time", got)
+	}
+	if got := query(t, c, `SELECT count(*) FROM pgcourier.staged`); got[0] != "0" {
+		t.Errorf("%s parts left staged, want none", got[0])
+	}
+	if got := query(t, c, `SELECT applied_seq, batches, rows FROM pgcourier.source_progress`); !cmp.Equal(got, []string{"4|4|8"}) {
+		t.Errorf("progress = %v, want seq 4, 4 batches, 8 rows", got)
+	}
+	wantStatus(t, w, bs[2], Duplicate)
+}
+
+// TestApplyPartsAtomic checks that a transaction in parts takes effect
+// whole or not at all: a change the upstream refuses in any part blocks
+// the batch that ends it, with nothing applied, and parking that batch
+// parks every part.
+func TestApplyPartsAtomic(t *testing.T) {
+	for name, bad := range map[string]int{"in a staged part": 1, "in the last part": 5} {
+		t.Run(name, func(t *testing.T) {
+			c, w := upstream(t, `CREATE TABLE subject (id int PRIMARY KEY CHECK (id < 100), name text, note text)`)
+			ids := []string{"1", "2", "3", "4", "5", "6"}
+			ids[bad] = "500"
+			var chs []pgcourier.Change
+			for _, id := range ids {
+				chs = append(chs, ins(subject, id, "n"+id, "NULL"))
+			}
+			bs := parts(1, txn(at(1), chs...), []int{2, 2})
+			wantStatus(t, w, bs[0], Applied)
+			wantStatus(t, w, bs[1], Applied)
+			res := wantStatus(t, w, bs[2], Blocked)
+			var be *BlockedError
+			if !errors.As(res.Err, &be) || be.Table != "public.subject" || be.SQLState != "23514" {
+				t.Errorf("blocked with %v, want a check violation on public.subject", res.Err)
+			}
+			if got := query(t, c, `SELECT count(*) FROM subject`); got[0] != "0" {
+				t.Errorf("%s rows applied from a blocked transaction, want none", got[0])
+			}
+			if got := query(t, c, `SELECT seq FROM pgcourier.blocked`); !cmp.Equal(got, []string{"3"}) {
+				t.Errorf("blocked = %v, want the batch that ends the transaction, seq 3", got)
+			}
+
+			ctx := context.Background()
+			if err := w.Park(ctx, "laptop-07", 1, 2, bs[1], "part"); !errors.Is(err, ErrNotNext) {
+				t.Errorf("Park(a part) = %v, want ErrNotNext", err)
+			}
+			if err := w.Park(ctx, "laptop-07", 1, 3, bs[2], "check fails"); err != nil {
+				t.Fatalf("Park: %v", err)
+			}
+			got := query(t, c, `SELECT seq, position, incoming->>'id' FROM pgcourier.conflicts WHERE rule = 'parked' ORDER BY seq, position`)
+			want := []string{"1|0|" + ids[0], "1|1|" + ids[1], "2|0|" + ids[2], "2|1|" + ids[3], "3|0|" + ids[4], "3|1|" + ids[5]}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("parked changes (-want +got):\n%s", diff)
+			}
+			if got := query(t, c, `SELECT applied_seq, conflicts FROM pgcourier.source_progress`); !cmp.Equal(got, []string{"3|6"}) {
+				t.Errorf("progress = %v, want seq 3 with 6 conflicts", got)
+			}
+			if got := query(t, c, `SELECT count(*) FROM pgcourier.staged`); got[0] != "0" {
+				t.Errorf("%s parts left staged after Park, want none", got[0])
+			}
+			wantStatus(t, w, batch("laptop-07", 4, txn(at(2), ins(subject, "7", "n7", "NULL"))), Applied)
+		})
+	}
+}
+
+// TestApplyPartsRegroup makes the optimistic plan fail in a staged part,
+// on a unique swap that only source order satisfies: the whole
+// transaction is applied again cautiously.
+func TestApplyPartsRegroup(t *testing.T) {
+	c, w := upstream(t, `CREATE TABLE tag (id int PRIMARY KEY, code text UNIQUE)`)
+	tag := relation("tag", "id integer key", "code text")
+	wantStatus(t, w, batch("laptop-07", 1, txn(at(1), ins(tag, "1", "a"), ins(tag, "2", "b"))), Applied)
+	bs := parts(2, txn(at(2),
+		upd(tag, "1", "tmp"), upd(tag, "2", "a"), upd(tag, "1", "b"), // swap a and b
+		ins(tag, "3", "c")), []int{3})
+	wantStatus(t, w, bs[0], Applied)
+	wantStatus(t, w, bs[1], Applied)
+	if got := query(t, c, `SELECT id, code FROM tag ORDER BY id`); !cmp.Equal(got, []string{"1|b", "2|a", "3|c"}) {
+		t.Errorf("tag = %v, want the codes swapped and 3 added", got)
+	}
+	if got := query(t, c, `SELECT count(*) FROM pgcourier.conflicts`); got[0] != "0" {
+		t.Errorf("%s conflicts, want none", got[0])
+	}
+}
