@@ -24,8 +24,11 @@ import (
 // its own process, so that the test can kill it with SIGKILL.
 const childEnv = "PGCOURIER_TEST_CAPTURE_CHILD_DB"
 
-// chunkEnv sets the child's snapshot chunk size.
-const chunkEnv = "PGCOURIER_TEST_CAPTURE_CHILD_CHUNK"
+// chunkEnv sets the child's snapshot chunk size, partEnv its PartRows.
+const (
+	chunkEnv = "PGCOURIER_TEST_CAPTURE_CHILD_CHUNK"
+	partEnv  = "PGCOURIER_TEST_CAPTURE_CHILD_PART"
+)
 
 func TestMain(m *testing.M) {
 	if db := os.Getenv(childEnv); db != "" {
@@ -41,6 +44,7 @@ func runChild(db string) int {
 	opts := Options{Node: testNode, Database: db, Slot: testSlot, Publication: testPub, Tables: allPublic,
 		MaxBatchDelay: 20 * time.Millisecond, StatusInterval: 200 * time.Millisecond, Logger: log}
 	fmt.Sscan(os.Getenv(chunkEnv), &opts.SnapshotChunkRows)
+	fmt.Sscan(os.Getenv(partEnv), &opts.PartRows)
 	cp, err := New(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
