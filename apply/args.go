@@ -34,7 +34,7 @@ func (w *Writer) args(r *run, sm stmt, b *pgcourier.Batch, origin uint32) []any 
 		case argOp:
 			args[i] = perChange(r, single, func(it item) string { return string(it.ch.Op) })
 		case argOld:
-			args[i] = perChange(r, single, func(it item) *string {
+			args[i] = texts(r, single, func(it item) *string {
 				if it.ch.Old == nil {
 					return nil
 				}
@@ -42,9 +42,9 @@ func (w *Writer) args(r *run, sm stmt, b *pgcourier.Batch, origin uint32) []any 
 				return &s
 			})
 		case argNew:
-			args[i] = perChange(r, single, func(it item) *string { return text(it.ch.New, a.col) })
+			args[i] = texts(r, single, func(it item) *string { return text(it.ch.New, a.col) })
 		case argKey:
-			args[i] = perChange(r, single, func(it item) *string { return text(lookup(it.ch), a.col) })
+			args[i] = texts(r, single, func(it item) *string { return text(lookup(it.ch), a.col) })
 		}
 	}
 	return args
@@ -56,6 +56,19 @@ func perChange[T any](r *run, single bool, f func(item) T) any {
 		return f(r.items[0])
 	}
 	v := make([]T, len(r.items))
+	for j, it := range r.items {
+		v[j] = f(it)
+	}
+	return v
+}
+
+// texts returns f of every change of r as a textArray, or of its only
+// change.
+func texts(r *run, single bool, f func(item) *string) any {
+	if single {
+		return f(r.items[0])
+	}
+	v := make(textArray, len(r.items))
 	for j, it := range r.items {
 		v[j] = f(it)
 	}

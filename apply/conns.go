@@ -54,6 +54,7 @@ func (p *conns) acquire(ctx context.Context) (*pgx.Conn, error) {
 		<-p.sem
 		return nil, err
 	}
+	useTextArrays(c)
 	return c, nil
 }
 

@@ -160,7 +160,13 @@ func lookup(ch *pgcourier.Change) []pgcourier.Value {
 
 // keyString renders the values of cols for comparison.
 func keyString(vs []pgcourier.Value, cols []int) string {
+	if len(cols) == 1 && vs[cols[0]].Kind == pgcourier.Text {
+		// The usual one-column key, as it is: text never holds a NUL
+		// byte, so it cannot equal a string built below.
+		return vs[cols[0]].Text
+	}
 	var sb strings.Builder
+	sb.WriteByte(0)
 	for _, c := range cols {
 		v := vs[c]
 		sb.WriteByte(byte(v.Kind))
@@ -182,17 +188,22 @@ type shaped struct {
 	key       string // the row it touches, for a table with a key
 }
 
-func shape(p *relPlan, it item) shaped {
+func shape(p *relPlan, it item, prev *shaped) shaped {
 	ch := it.ch
 	c := shaped{it: it, p: p, iu: ch.Op == pgcourier.OpInsert || ch.Op == pgcourier.OpUpdate}
 	if c.iu {
-		for i, v := range ch.New {
-			switch {
-			case !p.written[i]:
-			case v.Kind == pgcourier.Unchanged:
-				c.unchanged = append(c.unchanged, p.rel.Columns[i].Name)
-			default:
-				c.cols = append(c.cols, i)
+		if prev != nil && prev.p == p && prev.iu && sameColumns(p, ch.New, prev.cols, prev.unchanged) {
+			// Most changes of a run write the columns the one before did.
+			c.cols, c.unchanged = prev.cols, prev.unchanged
+		} else {
+			for i, v := range ch.New {
+				switch {
+				case !p.written[i]:
+				case v.Kind == pgcourier.Unchanged:
+					c.unchanged = append(c.unchanged, p.rel.Columns[i].Name)
+				default:
+					c.cols = append(c.cols, i)
+				}
 			}
 		}
 	}
@@ -203,6 +214,28 @@ func shape(p *relPlan, it item) shaped {
 		c.key = keyString(lookup(ch), p.match)
 	}
 	return c
+}
+
+// sameColumns reports whether the new image vs writes exactly the columns
+// cols and leaves unchanged exactly those named in unchanged.
+func sameColumns(p *relPlan, vs []pgcourier.Value, cols []int, unchanged []string) bool {
+	nc, nu := 0, 0
+	for i, v := range vs {
+		switch {
+		case !p.written[i]:
+		case v.Kind == pgcourier.Unchanged:
+			if nu >= len(unchanged) || unchanged[nu] != p.rel.Columns[i].Name {
+				return false
+			}
+			nu++
+		default:
+			if nc >= len(cols) || cols[nc] != i {
+				return false
+			}
+			nc++
+		}
+	}
+	return nc == len(cols) && nu == len(unchanged)
 }
 
 // start returns a new run holding c.
@@ -302,7 +335,11 @@ func planRuns(b *pgcourier.Batch, plans map[*pgcourier.Relation]*relPlan, cautio
 		tx := &b.Transactions[ti]
 		for ci := range tx.Changes {
 			ch := &tx.Changes[ci]
-			shapes = append(shapes, shape(plans[ch.Rel], item{pos: pos, lsn: tx.CommitLSN, at: tx.CommitTime, ch: ch}))
+			var prev *shaped
+			if len(shapes) > 0 {
+				prev = &shapes[len(shapes)-1]
+			}
+			shapes = append(shapes, shape(plans[ch.Rel], item{pos: pos, lsn: tx.CommitLSN, at: tx.CommitTime, ch: ch}, prev))
 			pos++
 		}
 	}
