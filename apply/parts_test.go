@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	pgcourier "github.com/pgcourier/pgcourier"
+	"github.com/pgcourier/pgcourier/internal/pgtest"
 )
 
 // parts returns the batches seq, seq+1 … of one source transaction
@@ -49,6 +50,9 @@ func TestApplyParts(t *testing.T) {
 	if got := query(t, c, `SELECT seq, rows FROM pgcourier.staged ORDER BY seq`); !cmp.Equal(got, []string{"2|2", "3|2"}) {
 		t.Errorf("staged parts = %v, want seq 2 and 3 of two rows each", got)
 	}
+	if st := sourceState(t, c, "laptop-07"); st.Staged == nil || st.Staged.Parts != 2 || st.Staged.Rows != 4 || st.Abandoned != 0 {
+		t.Errorf("ListSources: staged %+v, %d abandoned; want 2 parts of 4 rows, none abandoned", st.Staged, st.Abandoned)
+	}
 	wantStatus(t, w, bs[0], Duplicate)
 	if res := wantStatus(t, w, bs[2], Applied); res.Changes != 7 {
 		t.Errorf("the last part applied %d changes, want all 7 of the transaction and the one after it", res.Changes)
@@ -72,6 +76,40 @@ func TestApplyParts(t *testing.T) {
 		t.Errorf("progress = %v, want seq 4, 4 batches, 8 rows", got)
 	}
 	wantStatus(t, w, bs[2], Duplicate)
+	if st := sourceState(t, c, "laptop-07"); st.Staged != nil {
+		t.Errorf("ListSources after the last part: staged %+v, want none", st.Staged)
+	}
+
+	// A part whose epoch a resync replaces before its transaction ends is
+	// kept, never applied, and counted.
+	part := batch("laptop-07", 5, txn(at(4), ins(subject, "5", "eve", "NULL")))
+	part.Continued = true
+	wantStatus(t, w, part, Applied)
+	next := batch("laptop-07", 1, txn(at(5), ins(subject, "6", "fay", "NULL")))
+	next.Epoch = 2
+	wantStatus(t, w, next, Applied)
+	if got := query(t, c, `SELECT id FROM subject WHERE id >= 5`); !cmp.Equal(got, []string{"6"}) {
+		t.Errorf("rows of ids 5 and up = %v, want only 6: a part of a replaced epoch is never applied", got)
+	}
+	if st := sourceState(t, c, "laptop-07"); st.Staged != nil || st.Abandoned != 1 {
+		t.Errorf("ListSources after a new epoch: staged %+v, %d abandoned; want none staged, 1 abandoned", st.Staged, st.Abandoned)
+	}
+}
+
+// sourceState returns what ListSources says of source.
+func sourceState(t *testing.T, c *pgtest.Cluster, source string) SourceState {
+	t.Helper()
+	ss, err := ListSources(context.Background(), c.Connect(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ss {
+		if s.Source == source {
+			return s
+		}
+	}
+	t.Fatalf("ListSources has no %s: %+v", source, ss)
+	return SourceState{}
 }
 
 // TestApplyPartsAtomic checks that a transaction in parts takes effect

@@ -21,6 +21,21 @@ type SourceState struct {
 	Rows          int64      `json:"rows"`
 	Conflicts     int64      `json:"conflicts"` // unresolved conflicts recorded for the source
 	Blocked       *Stuck     `json:"blocked,omitempty"`
+	// Staged is the large transaction whose parts are arriving: the parts
+	// received of it, not applied until its last part is.
+	Staged *Staged `json:"staged,omitempty"`
+	// Abandoned counts the parts kept of transactions whose epoch a newer
+	// one replaced before their last part came: they are never applied
+	// (the new epoch's snapshot carries the rows) and stay in
+	// pgcourier.staged for an operator.
+	Abandoned int64 `json:"abandoned_parts,omitempty"`
+}
+
+// Staged is the parts of a source transaction received so far.
+type Staged struct {
+	Parts int64     `json:"parts"`
+	Rows  int64     `json:"rows"`
+	Since time.Time `json:"since"`
 }
 
 // Stuck is the batch a source's stream waits on and why.
@@ -41,15 +56,25 @@ func ListSources(ctx context.Context, conn *pgx.Conn) ([]SourceState, error) {
 		WITH ids AS (
 		    SELECT source FROM pgcourier.source_progress
 		    UNION SELECT source FROM pgcourier.blocked
+		), staged AS (
+		    SELECT s.source,
+		           count(*) FILTER (WHERE s.epoch = p.epoch) AS parts,
+		           coalesce(sum(s.rows) FILTER (WHERE s.epoch = p.epoch), 0) AS rows,
+		           min(s.staged_at) FILTER (WHERE s.epoch = p.epoch) AS since,
+		           count(*) FILTER (WHERE s.epoch IS DISTINCT FROM p.epoch) AS abandoned
+		      FROM pgcourier.staged s LEFT JOIN pgcourier.source_progress p ON p.source = s.source
+		     GROUP BY s.source
 		)
 		SELECT ids.source, coalesce(p.epoch, b.epoch), coalesce(p.applied_seq, 0),
 		       coalesce(p.applied_at, 'epoch'::timestamptz), p.last_commit_time,
 		       coalesce(p.batches, 0), coalesce(p.rows, 0),
 		       (SELECT count(*) FROM pgcourier.conflicts c WHERE c.source = ids.source AND c.resolved_at IS NULL),
-		       b.epoch, b.seq, b.error, coalesce(b.hint, ''), b.first_at, b.attempts, b.retry_at
+		       b.epoch, b.seq, b.error, coalesce(b.hint, ''), b.first_at, b.attempts, b.retry_at,
+		       coalesce(st.parts, 0), coalesce(st.rows, 0), st.since, coalesce(st.abandoned, 0)
 		  FROM ids
 		  LEFT JOIN pgcourier.source_progress p ON p.source = ids.source
 		  LEFT JOIN pgcourier.blocked b ON b.source = ids.source
+		  LEFT JOIN staged st ON st.source = ids.source
 		 ORDER BY ids.source`)
 	if err != nil {
 		return nil, fmt.Errorf("list sources: %w", err)
@@ -64,10 +89,15 @@ func ListSources(ctx context.Context, conn *pgx.Conn) ([]SourceState, error) {
 		var hint string
 		var since *time.Time
 		var attempts *int
-		var retryAt *time.Time
+		var retryAt, stagedSince *time.Time
+		var parts, partRows int64
 		if err := rows.Scan(&s.Source, &s.Epoch, &applied, &s.LastAppliedAt, &s.LastCommit,
-			&s.Batches, &s.Rows, &s.Conflicts, &bepoch, &bseq, &berr, &hint, &since, &attempts, &retryAt); err != nil {
+			&s.Batches, &s.Rows, &s.Conflicts, &bepoch, &bseq, &berr, &hint, &since, &attempts, &retryAt,
+			&parts, &partRows, &stagedSince, &s.Abandoned); err != nil {
 			return nil, fmt.Errorf("list sources: %w", err)
+		}
+		if parts > 0 && stagedSince != nil {
+			s.Staged = &Staged{Parts: parts, Rows: partRows, Since: *stagedSince}
 		}
 		s.AppliedSeq = uint64(applied)
 		if bepoch != nil && bseq != nil && berr != nil {

@@ -222,6 +222,13 @@ func printStatus(w io.Writer, rep *statusReport) {
 	for _, s := range rep.Sources {
 		fmt.Fprintf(w, "  source %s: applied seq %d (epoch %d) at %s, %d rows, %d open conflicts\n",
 			s.Source, s.AppliedSeq, s.Epoch, s.LastAppliedAt.Local().Format(time.DateTime), s.Rows, s.Conflicts)
+		if st := s.Staged; st != nil {
+			fmt.Fprintf(w, "    receiving a large transaction: %d parts (%s rows) since %s, applied when its last part arrives\n",
+				st.Parts, thousands(st.Rows), st.Since.Local().Format(time.DateTime))
+		}
+		if s.Abandoned > 0 {
+			fmt.Fprintf(w, "    %d parts of a transaction from a replaced epoch, kept in pgcourier.staged and never applied (the new epoch's snapshot carries its rows)\n", s.Abandoned)
+		}
 		if b := s.Blocked; b != nil {
 			fmt.Fprintf(w, "    blocked at seq %d since %s (%d attempts): %s\n", b.Seq, b.Since.Local().Format(time.DateTime), b.Attempts, b.Error)
 		}
