@@ -133,7 +133,8 @@ func fuzzBatch(data []byte, source string, seq uint64) *pgcourier.Batch {
 
 // FuzzApply applies arbitrary batches: Apply never panics, never returns an
 // infrastructure error for a batch, and a batch that is not applied changes
-// nothing but pgcourier.blocked.
+// nothing but pgcourier.blocked. Some batches are parts of a larger
+// transaction: they change no table until a batch ends it.
 func FuzzApply(f *testing.F) {
 	c, w := upstream(f, fuzzTables)
 	for _, seed := range [][]byte{
@@ -188,8 +189,12 @@ func FuzzApply(f *testing.F) {
 		case 2:
 			seq += 1 // a gap
 		}
+		continued := r.n(6) == 0 // a part of a larger transaction
 		b := fuzzBatch(r.data, source, seq)
+		b.Continued = continued && len(b.Transactions) > 0
 		before := state(t)
+		var staged int
+		fmt.Sscan(query(t, c, `SELECT coalesce(sum(rows), 0) FROM pgcourier.staged WHERE source = $1 AND epoch = 1`, source)[0], &staged)
 		res, err := w.Apply(ctx, b)
 		if err != nil {
 			t.Fatalf("Apply(%d changes) error: %v", b.Rows(), err)
@@ -198,11 +203,19 @@ func FuzzApply(f *testing.F) {
 		t.Logf("%v: %d changes applied, %d conflicts of %d (%v)", res.Status, res.Changes, res.Conflicts, b.Rows(), res.Err)
 		switch res.Status {
 		case Applied:
-			if res.AppliedSeq != seq || res.Changes+res.Conflicts > b.Rows() {
-				t.Errorf("Apply = %+v for seq %d of %d changes", res, seq, b.Rows())
+			// The batch that ends a transaction in parts applies the parts
+			// staged before it too.
+			if res.AppliedSeq != seq || res.Changes+res.Conflicts > b.Rows()+staged {
+				t.Errorf("Apply = %+v for seq %d of %d changes, %d staged before it", res, seq, b.Rows(), staged)
 			}
 			if p, err := w.Progress(ctx, source); err != nil || p.AppliedSeq != seq {
 				t.Errorf("progress after Applied = %+v, %v; want seq %d", p, err, seq)
+			}
+			if b.Continued {
+				// Staged: nothing of it shows before its transaction ends.
+				if diff := cmp.Diff(before[:5], after[:5]); diff != "" {
+					t.Errorf("a continued batch changed the tables (-before +after):\n%s", diff)
+				}
 			}
 		case Blocked, Duplicate, Gap, Refused:
 			if diff := cmp.Diff(before, after); diff != "" {

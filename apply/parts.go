@@ -76,8 +76,8 @@ func (w *Writer) applyStaged(ctx context.Context, s *session, b *pgcourier.Batch
 			err = fmt.Errorf("holds %s epoch %d seq %d (continued %t)", part.Source, part.Epoch, part.Seq, part.Continued)
 		}
 		if err == nil && seq == b.Seq-1 {
-			end, first := part.Transactions[len(part.Transactions)-1], b.Transactions[0]
-			if len(b.Transactions) == 0 || end.CommitLSN != first.CommitLSN {
+			end := part.Transactions[len(part.Transactions)-1]
+			if len(b.Transactions) == 0 || b.Transactions[0].CommitLSN != end.CommitLSN {
 				err = fmt.Errorf("its transaction (commit LSN %s) does not go on in batch %d", end.CommitLSN, b.Seq)
 			}
 		}

@@ -3,6 +3,8 @@ package apply
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -181,5 +183,28 @@ func TestApplyPartsRegroup(t *testing.T) {
 	}
 	if got := query(t, c, `SELECT count(*) FROM pgcourier.conflicts`); got[0] != "0" {
 		t.Errorf("%s conflicts, want none", got[0])
+	}
+}
+
+// TestApplyPartsBroken checks that a batch that does not go on with the
+// staged transaction blocks, naming the part, and changes nothing.
+func TestApplyPartsBroken(t *testing.T) {
+	for name, last := range map[string]*pgcourier.Batch{
+		"empty":             batch("laptop-07", 2),
+		"other transaction": batch("laptop-07", 2, txn(at(9), ins(subject, "2", "bob", "NULL"))),
+	} {
+		t.Run(name, func(t *testing.T) {
+			c, w := upstream(t, subjectTable)
+			part := batch("laptop-07", 1, txn(at(1), ins(subject, "1", "ann", "NULL")))
+			part.Continued = true
+			wantStatus(t, w, part, Applied)
+			res := wantStatus(t, w, last, Blocked)
+			if !strings.Contains(fmt.Sprint(res.Err), "staged part seq 1") {
+				t.Errorf("blocked with %v, want the staged part named", res.Err)
+			}
+			if got := query(t, c, `SELECT count(*) FROM subject`); got[0] != "0" {
+				t.Errorf("%s rows applied, want none", got[0])
+			}
+		})
 	}
 }
