@@ -36,7 +36,7 @@ SELECT p.epoch, p.applied_seq,
        (SELECT e.final_seq FROM pgcourier.source_epochs e WHERE e.source = $1 AND e.epoch = $2),
        pg_catalog.current_setting('track_commit_timestamp')::bool,
        pg_catalog.pg_replication_origin_oid($3),
-       (SELECT min(s.seq) FROM pgcourier.staged s WHERE s.source = $1 AND s.epoch = $2)
+       (SELECT min(s.first_seq) FROM pgcourier.staged s WHERE s.source = $1 AND s.epoch = $2)
   FROM (SELECT 1) one
   LEFT JOIN pgcourier.source_progress p ON p.source = $1`
 
@@ -215,7 +215,7 @@ type started struct {
 	progress
 	tracking bool    // track_commit_timestamp is on
 	origin   *uint32 // the source's replication origin, nil if it vanished
-	staged   uint64  // the first part staged for the batch's epoch; 0 if none
+	staged   uint64  // the seq of the first part of the transaction staged in the batch's epoch; 0 if none
 	tables   map[tableName]*table
 }
 
@@ -328,7 +328,11 @@ func (w *Writer) apply(ctx context.Context, b *pgcourier.Batch, cautious bool) (
 		return w.block(ctx, conn, b, blockedFrom(err, nil), b.Seq-1), nil
 	}
 
-	st, err := s.begin(ctx, b.Source, b.Epoch, origin, batchTables(b))
+	var names []tableName
+	if !b.Continued { // staging a part needs no catalog
+		names = batchTables(b)
+	}
+	st, err := s.begin(ctx, b.Source, b.Epoch, origin, names)
 	if err != nil {
 		return Result{}, fmt.Errorf("apply %s seq %d: %w", b.Source, b.Seq, err)
 	}
@@ -457,7 +461,11 @@ func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st s
 			add(nil, stmt{sql: xactSetupSQL, exec: true}, *lastLSN, *lastTime)
 		}
 	}
+	// A pass after the first finds the mode the one before left.
 	mode := customPlans
+	if !ps.first {
+		mode = ""
+	}
 	for _, r := range runs {
 		stmts := w.statements(r)
 		if r.kind == runTruncate && w.truncate[b.Source] {

@@ -3,6 +3,7 @@ package apply
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -53,9 +54,6 @@ func (w *Writer) Park(ctx context.Context, source string, epoch int64, seq uint6
 		if err := validate(batch); err != nil {
 			return fmt.Errorf("park %s seq %d: %w: %w", source, seq, ErrInvalid, err)
 		}
-		if batch.Continued {
-			return fmt.Errorf("park %s seq %d: %w: it is a part of a larger transaction; park the batch that ends it", source, seq, ErrNotNext)
-		}
 	}
 	conn, err := w.conns.acquire(ctx)
 	if err != nil {
@@ -79,22 +77,36 @@ func (w *Writer) Park(ctx context.Context, source string, epoch int64, seq uint6
 		}
 		return fmt.Errorf("%w: source %s needs seq %d of epoch %d next, not %d", ErrNotNext, source, applied+1, epoch, seq)
 	}
+	if v == vApply && batch != nil && batch.Continued {
+		if err := s.finish(ctx, source); err != nil {
+			return fmt.Errorf("park %s seq %d: %w", source, seq, err)
+		}
+		return fmt.Errorf("park %s seq %d: a part of a larger transaction is staged, never blocked; park the batch that ends the transaction: %w", source, seq, ErrNotNext)
+	}
 
 	bt := &pgx.Batch{}
 	from := seq
 	if v == vApply && st.staged > 0 {
-		// The parts before it: park them first, in order.
+		// The parts before it first, in order, one at a time: a
+		// transaction in parts can be larger than memory.
 		for part := st.staged; part < seq; part++ {
 			var payload []byte
-			if err := s.conn.QueryRow(ctx, partSQL, source, epoch, int64(part)).Scan(&payload); err != nil {
-				return fmt.Errorf("park %s seq %d: read part %d: %w", source, seq, part, err)
-			}
-			pb, err := wire.Decode(payload)
+			var pb *pgcourier.Batch
 			why := reason
-			if err != nil {
-				pb, why = nil, fmt.Sprintf("%s (staged part %d does not decode: %v)", reason, part, err)
+			err := s.conn.QueryRow(ctx, partSQL, source, epoch, int64(part)).Scan(&payload)
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+				why = fmt.Sprintf("%s (staged part %d is missing)", reason, part)
+			case err != nil:
+				return fmt.Errorf("park %s seq %d: read part %d: %w", source, seq, part, err)
+			default:
+				if pb, err = wire.Decode(payload); err != nil {
+					why = fmt.Sprintf("%s (staged part %d does not decode: %v)", reason, part, err)
+				}
 			}
-			bt.Queue(parkSQL, parkArgs(source, epoch, part, pb, why)...)
+			if _, err := s.conn.Exec(ctx, parkSQL, parkArgs(source, epoch, part, pb, why)...); err != nil {
+				return fmt.Errorf("park %s seq %d: part %d: %w", source, seq, part, err)
+			}
 		}
 		bt.Queue(unstageSQL, source, epoch, int64(seq))
 		from = st.staged

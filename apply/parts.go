@@ -22,8 +22,14 @@ import (
 // part in memory at a time.
 
 const (
-	stageSQL = `INSERT INTO pgcourier.staged (source, epoch, seq, rows, payload) VALUES ($1, $2, $3, $4, $5)`
-	partSQL  = `SELECT payload FROM pgcourier.staged WHERE source = $1 AND epoch = $2 AND seq = $3`
+	// stageSQL stages a part. A part staged right before it belongs to the
+	// same transaction (the transaction's last batch deletes its parts), so
+	// the transaction's first part is that one's, or this one.
+	stageSQL = `
+INSERT INTO pgcourier.staged (source, epoch, seq, first_seq, rows, payload)
+VALUES ($1, $2, $3::int8, coalesce((SELECT s.first_seq FROM pgcourier.staged s
+                                    WHERE s.source = $1 AND s.epoch = $2 AND s.seq = $3::int8 - 1), $3::int8), $4, $5)`
+	partSQL = `SELECT payload FROM pgcourier.staged WHERE source = $1 AND epoch = $2 AND seq = $3`
 	// unstageSQL deletes the parts a batch applied.
 	unstageSQL = `DELETE FROM pgcourier.staged WHERE source = $1 AND epoch = $2 AND seq < $3`
 )
@@ -61,6 +67,7 @@ func (w *Writer) stage(ctx context.Context, s *session, b *pgcourier.Batch, st s
 func (w *Writer) applyStaged(ctx context.Context, s *session, b *pgcourier.Batch, st *started, cautious bool) (Result, error) {
 	var total Result
 	applied := b.Seq - 1
+	var goesOn pgcourier.LSN // the commit LSN of the transaction the part before goes on with
 	for seq := st.staged; seq < b.Seq; seq++ {
 		var payload []byte
 		if err := s.conn.QueryRow(ctx, partSQL, b.Source, b.Epoch, int64(seq)).Scan(&payload); err != nil {
@@ -75,10 +82,13 @@ func (w *Writer) applyStaged(ctx context.Context, s *session, b *pgcourier.Batch
 		if err == nil && (part.Source != b.Source || part.Epoch != b.Epoch || part.Seq != seq || !part.Continued) {
 			err = fmt.Errorf("holds %s epoch %d seq %d (continued %t)", part.Source, part.Epoch, part.Seq, part.Continued)
 		}
-		if err == nil && seq == b.Seq-1 {
-			end := part.Transactions[len(part.Transactions)-1]
-			if len(b.Transactions) == 0 || b.Transactions[0].CommitLSN != end.CommitLSN {
-				err = fmt.Errorf("its transaction (commit LSN %s) does not go on in batch %d", end.CommitLSN, b.Seq)
+		if err == nil && seq > st.staged && part.Transactions[0].CommitLSN != goesOn {
+			err = fmt.Errorf("it does not go on with the transaction (commit LSN %s) of the part before it", goesOn)
+		}
+		if err == nil {
+			goesOn = part.Transactions[len(part.Transactions)-1].CommitLSN
+			if seq == b.Seq-1 && (len(b.Transactions) == 0 || b.Transactions[0].CommitLSN != goesOn) {
+				err = fmt.Errorf("its transaction (commit LSN %s) does not go on in batch %d", goesOn, b.Seq)
 			}
 		}
 		if err != nil {

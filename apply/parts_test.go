@@ -189,22 +189,54 @@ func TestApplyPartsRegroup(t *testing.T) {
 // TestApplyPartsBroken checks that a batch that does not go on with the
 // staged transaction blocks, naming the part, and changes nothing.
 func TestApplyPartsBroken(t *testing.T) {
-	for name, last := range map[string]*pgcourier.Batch{
-		"empty":             batch("laptop-07", 2),
-		"other transaction": batch("laptop-07", 2, txn(at(9), ins(subject, "2", "bob", "NULL"))),
+	part := func(seq uint64, when int) *pgcourier.Batch {
+		b := batch("laptop-07", seq, txn(at(when), ins(subject, fmt.Sprint(seq), "ann", "NULL")))
+		b.Continued = true
+		return b
+	}
+	for name, tc := range map[string]struct {
+		parts []*pgcourier.Batch
+		last  *pgcourier.Batch
+		named string
+	}{
+		"empty":                {[]*pgcourier.Batch{part(1, 1)}, batch("laptop-07", 2), "staged part seq 1"},
+		"other transaction":    {[]*pgcourier.Batch{part(1, 1)}, batch("laptop-07", 2, txn(at(9), ins(subject, "9", "bob", "NULL"))), "staged part seq 1"},
+		"parts of two of them": {[]*pgcourier.Batch{part(1, 1), part(2, 2)}, batch("laptop-07", 3, txn(at(2), ins(subject, "9", "bob", "NULL"))), "staged part seq 2"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			c, w := upstream(t, subjectTable)
-			part := batch("laptop-07", 1, txn(at(1), ins(subject, "1", "ann", "NULL")))
-			part.Continued = true
-			wantStatus(t, w, part, Applied)
-			res := wantStatus(t, w, last, Blocked)
-			if !strings.Contains(fmt.Sprint(res.Err), "staged part seq 1") {
-				t.Errorf("blocked with %v, want the staged part named", res.Err)
+			for _, p := range tc.parts {
+				wantStatus(t, w, p, Applied)
+			}
+			res := wantStatus(t, w, tc.last, Blocked)
+			if !strings.Contains(fmt.Sprint(res.Err), tc.named) {
+				t.Errorf("blocked with %v, want %q named", res.Err, tc.named)
 			}
 			if got := query(t, c, `SELECT count(*) FROM subject`); got[0] != "0" {
 				t.Errorf("%s rows applied, want none", got[0])
 			}
 		})
+	}
+}
+
+// TestParkMissingPart parks a transaction one of whose staged parts is
+// gone: a row records the missing part, the others are parked whole.
+func TestParkMissingPart(t *testing.T) {
+	c, w := upstream(t, subjectTable)
+	bs := parts(1, txn(at(1), ins(subject, "1", "ann", "NULL"), ins(subject, "2", "bob", "NULL"), ins(subject, "3", "cy", "NULL")), []int{1, 1})
+	wantStatus(t, w, bs[0], Applied)
+	wantStatus(t, w, bs[1], Applied)
+	c.Exec(t, `DELETE FROM pgcourier.staged WHERE seq = 1`)
+	wantStatus(t, w, bs[2], Blocked)
+	if err := w.Park(context.Background(), "laptop-07", 1, 3, bs[2], "gone"); err != nil {
+		t.Fatalf("Park: %v", err)
+	}
+	got := query(t, c, `SELECT seq, op, incoming->>'id', detail FROM pgcourier.conflicts ORDER BY seq, position`)
+	want := []string{"1|batch|NULL|gone (staged part 1 is missing) (the batch's contents were not at hand)", "2|insert|2|gone", "3|insert|3|gone"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("conflicts after Park (-want +got):\n%s", diff)
+	}
+	if got := query(t, c, `SELECT applied_seq FROM pgcourier.source_progress`); got[0] != "3" {
+		t.Errorf("applied seq after Park = %s, want 3", got[0])
 	}
 }

@@ -25,7 +25,7 @@ type assembler struct {
 	// before a restart). Those changes are dropped as they come again.
 	written func(lsn pgcourier.LSN) (all bool, rows int)
 
-	partRows, partBytes int
+	partRows, partBytes int // the size at which the open transaction is cut
 
 	open    bool
 	skip    bool   // the open transaction carries a replication origin
@@ -43,8 +43,8 @@ func newAssembler(typeName func(ctx context.Context, oid uint32, typmod int32) (
 		partRows: partRows, partBytes: partBytes}
 }
 
-// committed is a transaction the stream finished, or the next part of one
-// it has not finished.
+// committed is a transaction the stream finished, or (part) the next part
+// of one it has not finished.
 type committed struct {
 	tx      pgcourier.Transaction
 	endLSN  pgcourier.LSN // end of the commit record: what the slot may confirm (zero for a part)
@@ -131,8 +131,8 @@ func (a *assembler) add(ctx context.Context, msg pglogrepl.Message) (*committed,
 // holds a part's worth and another change arrives, before that change is
 // added. So a part never splits the changes of one message, and the last
 // part, the one the commit brings, is never empty. A transaction with a
-// snapshot watermark is never cut: its changes decide which rows of the
-// chunk stand.
+// snapshot watermark is never cut: the snapshot handles it whole at its
+// commit (such a transaction is pgcourier's own, with no changes).
 func (a *assembler) cut() *committed {
 	if !a.open || a.marker != "" || len(a.tx.Changes) == 0 ||
 		len(a.tx.Changes) < a.partRows && a.txBytes < a.partBytes {

@@ -7,9 +7,11 @@
 // position to the slot only after the outbox transaction that holds
 // everything before it has committed, so a crash at any moment loses nothing
 // and, because the outbox records the last captured commit LSN in the same
-// transaction, captures nothing twice. Transactions that carry a replication
-// origin were written by pgcourier's applier on behalf of another source and
-// are skipped.
+// transaction, captures nothing twice. A transaction too large for one
+// batch is written in parts as it streams in (Options.PartRows); the state
+// records how much of it each part's transaction wrote, so a restart goes on
+// from there. Transactions that carry a replication origin were written by
+// pgcourier's applier on behalf of another source and are skipped.
 package capture
 
 import (
@@ -593,6 +595,12 @@ func (ob *outbox) append(ctx context.Context, b *pgcourier.Batch, progress []sna
 		return fmt.Errorf("encode batch %d: %w", b.Seq, err)
 	}
 	first, last := txs[0], txs[len(txs)-1]
+	if !b.Continued && ob.partLSN != 0 && last.CommitLSN < ob.partLSN {
+		// Only the batch that ends the transaction in parts may clear its
+		// state; clearing it sooner would write its first parts again
+		// after a restart.
+		return fmt.Errorf("batch %d ends before the transaction in parts (commit LSN %s) it would close", b.Seq, ob.partLSN)
+	}
 	partLSN, partRows := pgcourier.LSN(0), 0
 	if b.Continued {
 		partLSN, partRows = last.CommitLSN, len(last.Changes)

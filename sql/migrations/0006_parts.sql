@@ -22,6 +22,7 @@ CREATE TABLE pgcourier.staged (
     source    text        NOT NULL,
     epoch     bigint      NOT NULL,
     seq       bigint      NOT NULL CHECK (seq >= 1),
+    first_seq bigint      NOT NULL CHECK (first_seq <= seq), -- the seq of the transaction's first part
     rows      integer     NOT NULL,
     payload   bytea       NOT NULL,
     staged_at timestamptz NOT NULL DEFAULT now(),
