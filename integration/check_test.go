@@ -279,7 +279,8 @@ func (tp *topology) check() {
 // checkOutbox decodes every batch of epoch in the client's outbox and
 // checks that each is the batch its row says, and that no transaction was
 // captured twice: commit LSNs rise strictly from one transaction to the
-// next, across batches.
+// next, across batches, and the parts of a transaction too large for one
+// batch follow each other.
 func (n *node) checkOutbox(epoch int64) {
 	n.t.Helper()
 	n.query(func(ctx context.Context, conn *pgx.Conn) error {
@@ -290,7 +291,8 @@ func (n *node) checkOutbox(epoch int64) {
 		var seq int64
 		var payload []byte
 		var last pgcourier.LSN
-		var batches, txns int
+		var batches, txns, parted int
+		goesOn := false // the batch before ended with a part of a transaction
 		_, err = pgx.ForEachRow(rows, []any{&seq, &payload}, func() error {
 			b, err := wire.Decode(payload)
 			if err != nil {
@@ -299,17 +301,31 @@ func (n *node) checkOutbox(epoch int64) {
 			if b.Source != n.id || b.Epoch != epoch || b.Seq != uint64(seq) {
 				n.t.Errorf("%s outbox row epoch %d seq %d holds batch %s epoch %d seq %d", n.id, epoch, seq, b.Source, b.Epoch, b.Seq)
 			}
-			for _, tx := range b.Transactions {
-				if tx.CommitLSN <= last {
+			for i, tx := range b.Transactions {
+				switch {
+				case i == 0 && goesOn:
+					// The next part of the transaction before.
+					if tx.CommitLSN != last {
+						n.t.Errorf("%s outbox batch %d: starts with a transaction committed at %s, not the rest of the one at %s", n.id, seq, tx.CommitLSN, last)
+					}
+					continue
+				case tx.CommitLSN <= last:
 					n.t.Errorf("%s outbox batch %d: transaction committed at %s after one at %s: captured twice, or out of order", n.id, seq, tx.CommitLSN, last)
 				}
 				last = tx.CommitLSN
 				txns++
 			}
+			if b.Continued && !goesOn {
+				parted++
+			}
+			goesOn = b.Continued
 			batches++
 			return nil
 		})
-		n.t.Logf("%s outbox: %d batches, %d transactions, each once, in commit order", n.id, batches, txns)
+		if goesOn {
+			n.t.Errorf("%s outbox: the last batch is a part of a transaction whose end never came", n.id)
+		}
+		n.t.Logf("%s outbox: %d batches, %d transactions (%d of them in parts), each once, in commit order", n.id, batches, txns, parted)
 		return err
 	})
 }

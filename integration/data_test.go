@@ -92,6 +92,10 @@ type writer struct {
 	subjects, visits, requisitions []string
 	labs                           []int64
 	nextLab                        int64
+	// One import of importRows lab results in one transaction, larger
+	// than a batch: capture writes it in parts, the server applies it
+	// whole. importing is set while its transaction is open.
+	imported, importing bool
 
 	mu         sync.Mutex
 	commits    int
@@ -190,6 +194,7 @@ func (w *writer) loop(ctx context.Context) {
 			w.mu.Lock()
 			w.commits++
 			w.mu.Unlock()
+			w.imported = w.imported || w.importing
 		case connectionLost(err) || conn.IsClosed():
 			w.mu.Lock()
 			w.reconnects++
@@ -230,8 +235,23 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// transaction makes one to four changes.
+// importRows is the size of the writer's one import: more than capture's
+// default part of 20,000 changes.
+const importRows = 25_000
+
+// transaction makes one to four changes; or, once some transactions are
+// in, the import.
 func (w *writer) transaction(ctx context.Context, tx pgx.Tx) error {
+	w.importing = false
+	if !w.imported && w.commits >= 20 && w.rng.IntN(10) == 0 {
+		w.importing = true
+		first := w.nextLab + 1
+		w.nextLab += importRows
+		_, err := tx.Exec(ctx, `INSERT INTO lab_results (id, requisition_id, analyte, value, units, resulted_at)
+			SELECT $1::int8 + g, $2::uuid, 'import', g, 'cells/uL', now() FROM generate_series(0, $3::int8 - 1) g`,
+			first, newUUID(), importRows)
+		return err
+	}
 	for range 1 + w.rng.IntN(4) {
 		if err := w.change(ctx, tx); err != nil {
 			return err
