@@ -3,9 +3,10 @@
 // client) and a community server (role server), each on its own throw-away
 // Postgres cluster (internal/pgtest). The tests write edc-like data on the
 // laptops, with one import per laptop too large for one batch (captured in
-// parts, applied whole), while they take the server offline, kill processes with SIGKILL,
-// crash and restart the databases and switch routes, then check the server
-// against the laptops row by row, and that no batch took effect twice.
+// parts, applied whole), while they take the server offline, kill processes
+// with SIGKILL, crash and restart the databases and switch routes, then
+// check the server against the laptops row by row, and that no batch took
+// effect twice.
 //
 // The package has no code outside its tests. Run it with
 //
