@@ -165,9 +165,9 @@ func TestParseFlags(t *testing.T) {
 		parallel             int
 		workloads, contender string
 	}{
-		{nil, "docs", 1, "W1,W2,W3,W4,W5,W6,W7,W8", "native,decode,capture,copy,rest,postgres"},
-		{[]string{"-quick"}, "", 3, "W1,W2,W3,W4,W5,W6,W7,W8", "native,decode,capture,copy,rest,postgres"},
-		{[]string{"-quick", "-out", "x", "-parallel", "1"}, "x", 1, "W1,W2,W3,W4,W5,W6,W7,W8", "native,decode,capture,copy,rest,postgres"},
+		{nil, "docs", 1, "W1,W2,W3,W4,W5,W6,W7,W8", "native,native-offline,decode,capture,copy,rest,postgres"},
+		{[]string{"-quick"}, "", 3, "W1,W2,W3,W4,W5,W6,W7,W8", "native,native-offline,decode,capture,copy,rest,postgres"},
+		{[]string{"-quick", "-out", "x", "-parallel", "1"}, "x", 1, "W1,W2,W3,W4,W5,W6,W7,W8", "native,native-offline,decode,capture,copy,rest,postgres"},
 		{[]string{"-workloads", "w3, W1", "-contenders", "copy,native"}, "docs", 1, "W1,W3", "native,copy"},
 	} {
 		o, err := parseFlags(tc.args)

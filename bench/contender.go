@@ -131,6 +131,14 @@ var contenders = []contenderEntry{
 		make:  func() contender { return &native{} },
 	},
 	{
+		name: "native-offline",
+		about: "native facing the link pgcourier's routes face, for the backlog workloads: its subscription stays enabled while the link is down, " +
+			"the source refusing the role it connects as (ALTER ROLE … NOLOGIN), so its apply worker fails and is started again as Postgres " +
+			"does by default, every wal_retrieve_retry_interval (5 s); link up is ALTER ROLE … LOGIN. Its catch-up includes noticing the link is back, " +
+			"as pgcourier's does (its router probes every second).",
+		make: func() contender { return &native{offline: true} },
+	},
+	{
 		name: "decode",
 		about: "pg_recvlogical draining the same publication through pgoutput (proto_version 1) into the harness, which parses every message: " +
 			"the decoding ceiling, with nothing applied.",

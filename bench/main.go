@@ -174,6 +174,9 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 	var jobs []job
 	for _, w := range workloads {
 		for _, ce := range contenders {
+			if ce.name == "native-offline" && !w.backlog {
+				continue // with the link up throughout it is native
+			}
 			if slices.Contains(opts.workloads, w.id) && slices.Contains(opts.contenders, ce.name) {
 				jobs = append(jobs, job{w, ce})
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -18,48 +19,87 @@ const nativeSub = "bench_native"
 // target to the source's publication. Its CPU is that of the source's
 // walsender and the target's apply worker, its wire bytes those of the
 // replication connection between them.
+//
+// With offline set, the subscription meets the link pgcourier's routes
+// meet (native-offline): it is enabled throughout, the source refuses the
+// role it connects as while the link is down, and its apply worker retries
+// as Postgres does by default, every wal_retrieve_retry_interval.
 type native struct {
-	e     *env
-	meter meter
+	e       *env
+	meter   meter
+	offline bool
 }
 
 var _ contender = (*native)(nil)
 
-func (c *native) live() bool { return true }
+// linkRole is the role native-offline's subscription connects as: the link
+// is down while the role may not log in.
+const linkRole = "bench_link"
 
-// prepare creates the subscription disabled: the slot exists on the source
-// from now on, so every later change waits for it, and no worker runs.
+// live: native-offline replicates backlogs only; with its link up it is
+// native.
+func (c *native) live() bool { return !c.offline }
+
+// prepare creates the subscription: the slot exists on the source from now
+// on, so every later change waits for it. Native's is disabled, so no
+// worker runs; native-offline's is enabled, its link down.
 func (c *native) prepare(ctx context.Context, e *env) error {
 	c.e = e
+	info := conninfo(e.src.Host(), e.src.Port())
+	var src *pgx.Conn
+	if c.offline {
+		var err error
+		if src, err = pgx.Connect(ctx, e.srcURL); err != nil {
+			return fmt.Errorf("create subscription: %w", err)
+		}
+		defer src.Close(context.WithoutCancel(ctx))
+		if _, err := src.Exec(ctx, "CREATE ROLE "+linkRole+" LOGIN SUPERUSER"); err != nil {
+			return fmt.Errorf("create subscription: %w", err)
+		}
+		info = strings.Replace(info, "user=postgres", "user="+linkRole, 1)
+	}
 	conn, err := pgx.Connect(ctx, e.dstURL)
 	if err != nil {
 		return fmt.Errorf("create subscription: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	_, err = conn.Exec(ctx, fmt.Sprintf("CREATE SUBSCRIPTION %s CONNECTION '%s' PUBLICATION %s WITH (copy_data = false, enabled = false)",
-		nativeSub, conninfo(e.src.Host(), e.src.Port()), pubName))
+		nativeSub, info, pubName))
 	if err != nil {
 		return fmt.Errorf("create subscription: %w", err)
+	}
+	if c.offline {
+		if _, err := src.Exec(ctx, "ALTER ROLE "+linkRole+" NOLOGIN"); err != nil {
+			return fmt.Errorf("take the link down: %w", err)
+		}
+		if _, err := conn.Exec(ctx, "ALTER SUBSCRIPTION "+nativeSub+" ENABLE"); err != nil {
+			return fmt.Errorf("enable subscription: %w", err)
+		}
 	}
 	return nil
 }
 
-// start enables the subscription and returns once the apply worker streams
-// from the walsender.
+// start brings the link up — enables native's subscription, lets
+// native-offline's role log in again — and returns once the apply worker
+// streams from the walsender.
 func (c *native) start(ctx context.Context) error {
 	dst, err := pgx.Connect(ctx, c.e.dstURL)
 	if err != nil {
 		return fmt.Errorf("enable subscription: %w", err)
 	}
 	defer dst.Close(context.WithoutCancel(ctx))
-	if _, err := dst.Exec(ctx, "ALTER SUBSCRIPTION "+nativeSub+" ENABLE"); err != nil {
-		return fmt.Errorf("enable subscription: %w", err)
-	}
 	src, err := pgx.Connect(ctx, c.e.srcURL)
 	if err != nil {
 		return fmt.Errorf("enable subscription: %w", err)
 	}
 	defer src.Close(context.WithoutCancel(ctx))
+	if c.offline {
+		if _, err := src.Exec(ctx, "ALTER ROLE "+linkRole+" LOGIN"); err != nil {
+			return fmt.Errorf("bring the link up: %w", err)
+		}
+	} else if _, err := dst.Exec(ctx, "ALTER SUBSCRIPTION "+nativeSub+" ENABLE"); err != nil {
+		return fmt.Errorf("enable subscription: %w", err)
+	}
 	err = poll(ctx, 2*time.Millisecond, func() (bool, error) {
 		var worker *int32
 		if err := dst.QueryRow(ctx, "SELECT pid FROM pg_stat_subscription WHERE subname = $1 AND relid IS NULL", nativeSub).Scan(&worker); err != nil &&
