@@ -281,6 +281,12 @@ func (w *Writer) policyOf(schema, name string) Policy {
 // may not have committed, and applying it again is the way to find out.
 // Everything about the batch itself is in the Result.
 func (w *Writer) Apply(ctx context.Context, b *pgcourier.Batch) (Result, error) {
+	return w.applyEncoded(ctx, b, nil)
+}
+
+// applyEncoded is Apply for a batch whose encoding is at hand (data, nil
+// if not): a continued batch is staged as it came, not encoded again.
+func (w *Writer) applyEncoded(ctx context.Context, b *pgcourier.Batch, data []byte) (Result, error) {
 	if err := validate(b); err != nil {
 		return Result{Status: Refused, Err: fmt.Errorf("%w: %w", ErrInvalid, err)}, nil
 	}
@@ -290,7 +296,7 @@ func (w *Writer) Apply(ctx context.Context, b *pgcourier.Batch) (Result, error) 
 	cautious := false
 	for attempt := 1; ; attempt++ {
 		started := time.Now()
-		res, err := w.apply(ctx, b, cautious)
+		res, err := w.apply(ctx, b, data, cautious)
 		if errors.Is(err, errRegroup) && !cautious {
 			w.log.Debug("the grouped changes failed; applying them in source order, one by one where it matters", "source", b.Source, "seq", b.Seq)
 			cautious = true

@@ -55,7 +55,7 @@ func (w *Writer) Deliver(ctx context.Context, parcels []pgcourier.Parcel) ([]pgc
 				ErrInvalid, p.Source, p.Epoch, p.Seq, b.Source, b.Epoch, b.Seq)
 			return append(receipts, r), nil
 		}
-		res, err := w.Apply(ctx, b)
+		res, err := w.applyEncoded(ctx, b, p.Data)
 		if err != nil {
 			return receipts, linkError(err) // it names the batch
 		}

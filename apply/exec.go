@@ -311,9 +311,9 @@ func batchTables(b *pgcourier.Batch) []tableName {
 // the cautious plan might not: the batch must be applied again cautiously.
 var errRegroup = errors.New("the optimistic plan failed")
 
-// apply applies b in one transaction; see Apply. cautious asks for the
-// cautious plan (see planRuns).
-func (w *Writer) apply(ctx context.Context, b *pgcourier.Batch, cautious bool) (Result, error) {
+// apply applies b in one transaction; see Apply. data is b encoded, if at
+// hand. cautious asks for the cautious plan (see planRuns).
+func (w *Writer) apply(ctx context.Context, b *pgcourier.Batch, data []byte, cautious bool) (Result, error) {
 	origin := pgcourier.OriginName(b.Source)
 	conn, err := w.conns.acquire(ctx)
 	if err != nil {
@@ -355,7 +355,7 @@ func (w *Writer) apply(ctx context.Context, b *pgcourier.Batch, cautious bool) (
 		return res, nil
 	}
 	if b.Continued {
-		return w.stage(ctx, s, b, st)
+		return w.stage(ctx, s, b, data, st)
 	}
 	if !st.tracking {
 		be := &BlockedError{SQLState: "55000", Message: "track_commit_timestamp is off upstream: last writer wins cannot tell who wrote a row"}

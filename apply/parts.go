@@ -35,14 +35,18 @@ VALUES ($1, $2, $3::int8, coalesce((SELECT s.first_seq FROM pgcourier.staged s
 )
 
 // stage keeps the continued batch b in the stage and records it taken, in
-// the transaction s has open. The result is Applied: the batch is the
-// writer's to apply, and its sender need not keep it. Its changes count
-// when the batch that ends its transaction applies them.
-func (w *Writer) stage(ctx context.Context, s *session, b *pgcourier.Batch, st started) (Result, error) {
-	payload, err := wire.Encode(b)
-	if err != nil {
-		s.cleanup(ctx) //nolint:errcheck // release closes the connection if it failed
-		return Result{Status: Refused, Err: fmt.Errorf("%w: %w", ErrInvalid, err), AppliedSeq: b.Seq - 1, NextSeq: b.Seq}, nil
+// the transaction s has open. payload is b encoded, if at hand (a batch
+// has one encoding: the bytes it arrived in); otherwise stage encodes it.
+// The result is Applied: the batch is the writer's to apply, and its
+// sender need not keep it. Its changes count when the batch that ends its
+// transaction applies them.
+func (w *Writer) stage(ctx context.Context, s *session, b *pgcourier.Batch, payload []byte, st started) (Result, error) {
+	if payload == nil {
+		var err error
+		if payload, err = wire.Encode(b); err != nil {
+			s.cleanup(ctx) //nolint:errcheck // release closes the connection if it failed
+			return Result{Status: Refused, Err: fmt.Errorf("%w: %w", ErrInvalid, err), AppliedSeq: b.Seq - 1, NextSeq: b.Seq}, nil
+		}
 	}
 	prevEpoch, prevSeq := any(nil), any(nil)
 	if st.known {
