@@ -67,22 +67,25 @@ func (w *Writer) stage(ctx context.Context, s *session, b *pgcourier.Batch, payl
 // applyStaged applies the parts staged before b, st.staged to b.Seq-1, in
 // the transaction s has open, adding the catalog of their tables to
 // st.tables. A Result with a Status (Blocked) or an error ends the batch;
-// otherwise the Result counts the changes and conflicts of the parts.
+// otherwise the Result counts the changes and conflicts of the parts. The
+// next part decodes while the server applies the one before it, so at most
+// two parts are in memory at a time.
 func (w *Writer) applyStaged(ctx context.Context, s *session, b *pgcourier.Batch, st *started, cautious bool) (Result, error) {
 	var total Result
 	applied := b.Seq - 1
+	next, err := s.fetchPart(ctx, b.Source, b.Epoch, st.staged)
+	if err != nil {
+		return Result{}, fmt.Errorf("apply %s seq %d: %w", b.Source, b.Seq, err)
+	}
 	var goesOn pgcourier.LSN // the commit LSN of the transaction the part before goes on with
 	for seq := st.staged; seq < b.Seq; seq++ {
-		var payload []byte
-		if err := s.conn.QueryRow(ctx, partSQL, b.Source, b.Epoch, int64(seq)).Scan(&payload); err != nil {
-			if errors.Is(err, pgx.ErrNoRows) {
-				be := &BlockedError{Message: fmt.Sprintf("part seq %d of the transaction that batch %d ends is not staged", seq, b.Seq),
-					Hint: "park the batch (pgcourier park) and resync the source"}
-				return w.blockAfter(ctx, s, b, be, applied)
-			}
-			return Result{}, fmt.Errorf("apply %s seq %d: read part %d: %w", b.Source, b.Seq, seq, err)
+		d := <-next
+		if d.missing {
+			be := &BlockedError{Message: fmt.Sprintf("part seq %d of the transaction that batch %d ends is not staged", seq, b.Seq),
+				Hint: "park the batch (pgcourier park) and resync the source"}
+			return w.blockAfter(ctx, s, b, be, applied)
 		}
-		part, err := wire.Decode(payload)
+		part, err := d.part, d.err
 		if err == nil && (part.Source != b.Source || part.Epoch != b.Epoch || part.Seq != seq || !part.Continued) {
 			err = fmt.Errorf("holds %s epoch %d seq %d (continued %t)", part.Source, part.Epoch, part.Seq, part.Continued)
 		}
@@ -106,6 +109,11 @@ func (w *Writer) applyStaged(ctx context.Context, s *session, b *pgcourier.Batch
 		if be != nil {
 			return w.blockAfter(ctx, s, b, be, applied)
 		}
+		if seq+1 < b.Seq {
+			if next, err = s.fetchPart(ctx, b.Source, b.Epoch, seq+1); err != nil {
+				return Result{}, fmt.Errorf("apply %s seq %d: %w", b.Source, b.Seq, err)
+			}
+		}
 		res, err := w.write(ctx, s, b, *st, runs, reordered, pass{of: part, first: seq == st.staged})
 		if err != nil || res.Status != Applied {
 			return res, err
@@ -114,6 +122,33 @@ func (w *Writer) applyStaged(ctx context.Context, s *session, b *pgcourier.Batch
 		total.Conflicts += res.Conflicts
 	}
 	return total, nil
+}
+
+// stagedPart is a staged part decoded, or why not.
+type stagedPart struct {
+	part    *pgcourier.Batch
+	missing bool // not staged
+	err     error
+}
+
+// fetchPart reads the bytes of staged part seq and decodes them in the
+// background: the channel yields the part once decoded.
+func (s *session) fetchPart(ctx context.Context, source string, epoch int64, seq uint64) (<-chan stagedPart, error) {
+	out := make(chan stagedPart, 1)
+	var payload []byte
+	err := s.conn.QueryRow(ctx, partSQL, source, epoch, int64(seq)).Scan(&payload)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		out <- stagedPart{missing: true}
+	case err != nil:
+		return nil, fmt.Errorf("read part %d: %w", seq, err)
+	default:
+		go func() {
+			part, err := wire.Decode(payload)
+			out <- stagedPart{part: part, err: err}
+		}()
+	}
+	return out, nil
 }
 
 // describe adds the catalog of the tables of part that tables lacks.
