@@ -240,3 +240,51 @@ func TestParkMissingPart(t *testing.T) {
 		t.Errorf("applied seq after Park = %s, want 3", got[0])
 	}
 }
+
+// TestPartsPostgresCrash crashes Postgres while the batch that ends a
+// transaction in parts has applied some parts and waits on a lock for the
+// next: after recovery none of the transaction shows, its parts are still
+// staged, and applying the batch again applies all of it.
+func TestPartsPostgresCrash(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash test")
+	}
+	c, w := upstream(t, `CREATE TABLE tag (id int PRIMARY KEY, code text)`+"; "+subjectTable)
+	pgtest.RequireLocal(t, c)
+	ctx := context.Background()
+	tag := relation("tag", "id integer key", "code text")
+	var chs []pgcourier.Change
+	for i := range 3000 {
+		chs = append(chs, ins(subject, fmt.Sprint(i), "n", "NULL"))
+	}
+	chs = append(chs, ins(tag, "1", "last"))
+	bs := parts(1, txn(at(1), chs...), []int{1000, 1000, 1000})
+	for _, b := range bs[:3] {
+		wantStatus(t, w, b, Applied)
+	}
+
+	locker := c.Connect(t)
+	if _, err := locker.Exec(ctx, `BEGIN; LOCK TABLE tag IN SHARE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := w.Apply(ctx, bs[3])
+		done <- err
+	}()
+	waitForLockWait(t, c, locker)
+	if err := c.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-done // an error: the server went away
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := query(t, c, `SELECT (SELECT count(*) FROM subject), (SELECT count(*) FROM tag), (SELECT count(*) FROM pgcourier.staged)`); !cmp.Equal(got, []string{"0|0|3"}) {
+		t.Fatalf("after the crash: subject, tag rows and staged parts = %v, want 0|0|3", got)
+	}
+	wantStatus(t, w, bs[3], Applied)
+	if got := query(t, c, `SELECT (SELECT count(*) FROM subject), (SELECT count(*) FROM tag), (SELECT count(*) FROM pgcourier.staged)`); !cmp.Equal(got, []string{"3000|1|0"}) {
+		t.Errorf("after applying again: subject, tag rows and staged parts = %v, want 3000|1|0", got)
+	}
+}
