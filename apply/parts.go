@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 
@@ -18,8 +19,9 @@ import (
 // part is taken exactly once like any batch. The batch after the parts
 // applies them all, one round trip per part, and then its own changes, in
 // one transaction that also deletes them from the stage: the source
-// transaction takes effect whole or not at all, and the writer holds one
-// part in memory at a time.
+// transaction takes effect whole or not at all. The writer decodes the
+// next part while the server applies the one before, so it holds two
+// parts in memory at most.
 
 const (
 	// stageSQL stages a part. A part staged right before it belongs to the
@@ -41,7 +43,7 @@ VALUES ($1, $2, $3::int8, coalesce((SELECT s.first_seq FROM pgcourier.staged s
 // sender need not keep it. Its changes count when the batch that ends its
 // transaction applies them.
 func (w *Writer) stage(ctx context.Context, s *session, b *pgcourier.Batch, payload []byte, st started) (Result, error) {
-	if payload == nil {
+	if len(payload) == 0 {
 		var err error
 		if payload, err = wire.Encode(b); err != nil {
 			s.cleanup(ctx) //nolint:errcheck // release closes the connection if it failed
@@ -73,7 +75,9 @@ func (w *Writer) stage(ctx context.Context, s *session, b *pgcourier.Batch, payl
 func (w *Writer) applyStaged(ctx context.Context, s *session, b *pgcourier.Batch, st *started, cautious bool) (Result, error) {
 	var total Result
 	applied := b.Seq - 1
-	next, err := s.fetchPart(ctx, b.Source, b.Epoch, st.staged)
+	var decoding sync.WaitGroup
+	defer decoding.Wait()
+	next, err := s.fetchPart(ctx, &decoding, b.Source, b.Epoch, st.staged)
 	if err != nil {
 		return Result{}, fmt.Errorf("apply %s seq %d: %w", b.Source, b.Seq, err)
 	}
@@ -110,7 +114,7 @@ func (w *Writer) applyStaged(ctx context.Context, s *session, b *pgcourier.Batch
 			return w.blockAfter(ctx, s, b, be, applied)
 		}
 		if seq+1 < b.Seq {
-			if next, err = s.fetchPart(ctx, b.Source, b.Epoch, seq+1); err != nil {
+			if next, err = s.fetchPart(ctx, &decoding, b.Source, b.Epoch, seq+1); err != nil {
 				return Result{}, fmt.Errorf("apply %s seq %d: %w", b.Source, b.Seq, err)
 			}
 		}
@@ -132,8 +136,9 @@ type stagedPart struct {
 }
 
 // fetchPart reads the bytes of staged part seq and decodes them in the
-// background: the channel yields the part once decoded.
-func (s *session) fetchPart(ctx context.Context, source string, epoch int64, seq uint64) (<-chan stagedPart, error) {
+// background, in a goroutine of decoding: the channel yields the part once
+// decoded.
+func (s *session) fetchPart(ctx context.Context, decoding *sync.WaitGroup, source string, epoch int64, seq uint64) (<-chan stagedPart, error) {
 	out := make(chan stagedPart, 1)
 	var payload []byte
 	err := s.conn.QueryRow(ctx, partSQL, source, epoch, int64(seq)).Scan(&payload)
@@ -143,10 +148,10 @@ func (s *session) fetchPart(ctx context.Context, source string, epoch int64, seq
 	case err != nil:
 		return nil, fmt.Errorf("read part %d: %w", seq, err)
 	default:
-		go func() {
+		decoding.Go(func() {
 			part, err := wire.Decode(payload)
 			out <- stagedPart{part: part, err: err}
-		}()
+		})
 	}
 	return out, nil
 }

@@ -39,7 +39,7 @@ func (c textArrayCodec) PlanEncode(m *pgtype.Map, oid uint32, format int16, valu
 
 type textArrayPlan struct{}
 
-var errTooManyElements = errors.New("text array too large for one parameter")
+var errArrayTooLarge = errors.New("text array too large for one parameter")
 
 // Encode appends the array in the binary format of array_recv: the number
 // of dimensions, whether any element is NULL, the element type, the length
@@ -48,7 +48,7 @@ var errTooManyElements = errors.New("text array too large for one parameter")
 func (textArrayPlan) Encode(value any, buf []byte) ([]byte, error) {
 	a := value.(textArray)
 	if len(a) > math.MaxInt32 {
-		return nil, errTooManyElements
+		return nil, errArrayTooLarge
 	}
 	hasNull := uint32(0)
 	size := 20
@@ -59,7 +59,7 @@ func (textArrayPlan) Encode(value any, buf []byte) ([]byte, error) {
 			continue
 		}
 		if len(*s) > math.MaxInt32 {
-			return nil, errTooManyElements
+			return nil, errArrayTooLarge
 		}
 		size += 4 + len(*s)
 	}

@@ -192,8 +192,11 @@ type env struct {
 
 // conninfo returns a libpq key/value connection string for the benchmark
 // database on the cluster at host:port, as superuser postgres.
-func conninfo(host string, port int) string {
-	return fmt.Sprintf("host=%s port=%d user=postgres dbname=%s sslmode=disable", host, port, dbName)
+func conninfo(host string, port int) string { return conninfoAs(host, port, "postgres") }
+
+// conninfoAs is conninfo for the role user.
+func conninfoAs(host string, port int, user string) string {
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable", host, port, user, dbName)
 }
 
 // waitMarker polls the target until marker row id exists and returns its

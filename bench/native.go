@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -36,7 +35,8 @@ var _ contender = (*native)(nil)
 // is down while the role may not log in.
 const linkRole = "bench_link"
 
-// live: native-offline replicates backlogs only; with its link up it is
+// live reports whether the contender replicates live workloads:
+// native-offline replicates backlogs only, as with its link up it is
 // native.
 func (c *native) live() bool { return !c.offline }
 
@@ -54,9 +54,9 @@ func (c *native) prepare(ctx context.Context, e *env) error {
 		}
 		defer src.Close(context.WithoutCancel(ctx))
 		if _, err := src.Exec(ctx, "CREATE ROLE "+linkRole+" LOGIN SUPERUSER"); err != nil {
-			return fmt.Errorf("create subscription: %w", err)
+			return fmt.Errorf("create role %s: %w", linkRole, err)
 		}
-		info = strings.Replace(info, "user=postgres", "user="+linkRole, 1)
+		info = conninfoAs(e.src.Host(), e.src.Port(), linkRole)
 	}
 	conn, err := pgx.Connect(ctx, e.dstURL)
 	if err != nil {
@@ -90,7 +90,7 @@ func (c *native) start(ctx context.Context) error {
 	defer dst.Close(context.WithoutCancel(ctx))
 	src, err := pgx.Connect(ctx, c.e.srcURL)
 	if err != nil {
-		return fmt.Errorf("enable subscription: %w", err)
+		return fmt.Errorf("connect to the source: %w", err)
 	}
 	defer src.Close(context.WithoutCancel(ctx))
 	if c.offline {

@@ -223,11 +223,13 @@ func printStatus(w io.Writer, rep *statusReport) {
 		fmt.Fprintf(w, "  source %s: applied seq %d (epoch %d) at %s, %d rows, %d open conflicts\n",
 			s.Source, s.AppliedSeq, s.Epoch, s.LastAppliedAt.Local().Format(time.DateTime), s.Rows, s.Conflicts)
 		if st := s.Staged; st != nil {
-			fmt.Fprintf(w, "    receiving a large transaction: %d parts (%s rows) since %s, applied when its last part arrives\n",
-				st.Parts, thousands(st.Rows), st.Since.Local().Format(time.DateTime))
+			fmt.Fprintf(w, "    receiving a large transaction: %s staged (%s rows) since %s, applied with the batch that ends it\n",
+				plural(st.Parts, "part", "parts"), thousands(st.Rows), st.Since.Local().Format(time.DateTime))
 		}
 		if s.Abandoned > 0 {
-			fmt.Fprintf(w, "    %d parts of a transaction from a replaced epoch, kept in pgcourier.staged and never applied (the new epoch's snapshot carries its rows)\n", s.Abandoned)
+			fmt.Fprintf(w, "    %s from replaced epochs, never applied (the new epoch's snapshot carries their rows); "+
+				"to remove them: DELETE FROM pgcourier.staged WHERE source = '%s' AND epoch <> %d\n",
+				plural(s.Abandoned, "staged part", "staged parts"), s.Source, s.Epoch)
 		}
 		if b := s.Blocked; b != nil {
 			fmt.Fprintf(w, "    blocked at seq %d since %s (%d attempts): %s\n", b.Seq, b.Since.Local().Format(time.DateTime), b.Attempts, b.Error)
