@@ -92,6 +92,18 @@ const (
 // shutdownTimeout bounds the work capture does after it was told to stop.
 const shutdownTimeout = 5 * time.Second
 
+// At the head of the stream the server sends each message as it decodes
+// it, and a read would wake capture for every one of them: after a read
+// that had to wait longer than readWaited, capture pauses readCoalesce
+// before the next, which then takes everything that arrived meanwhile at
+// once. Under W1's flat-out single-row load this took about a tenth off
+// capture's CPU and cut its lag p99 from 0.30–0.64 s to 0.17–0.27 s (three
+// runs each, alternating).
+const (
+	readWaited   = 200 * time.Microsecond
+	readCoalesce = time.Millisecond
+)
+
 // Capturer streams a node's changes into its outbox. Create it with New and
 // run it with Run.
 type Capturer struct {
@@ -302,6 +314,7 @@ func (s *stream) run(ctx context.Context) error {
 	// Reads block on the connection without a context; cancelling ctx
 	// wakes a blocked read by moving its deadline to now.
 	var readDeadline time.Time
+	waited := false                                                                      // the last read waited for the server: at the head of the stream
 	stop := context.AfterFunc(ctx, func() { s.repl.Conn().SetReadDeadline(time.Now()) }) //nolint:errcheck // the read fails either way
 	defer stop()
 	defer s.repl.Conn().SetReadDeadline(time.Time{}) //nolint:errcheck // the session ends; best effort for the shutdown status
@@ -334,7 +347,12 @@ func (s *stream) run(ctx context.Context) error {
 				return ctx.Err()
 			}
 		}
+		if waited {
+			time.Sleep(readCoalesce)
+		}
+		began := time.Now()
 		raw, err := s.repl.ReceiveMessage(context.Background())
+		waited = time.Since(began) > readWaited
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
