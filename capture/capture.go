@@ -314,7 +314,8 @@ func (s *stream) run(ctx context.Context) error {
 	// Reads block on the connection without a context; cancelling ctx
 	// wakes a blocked read by moving its deadline to now.
 	var readDeadline time.Time
-	waited := false                                                                      // the last read waited for the server: at the head of the stream
+	// waited: the last read waited for the server, at the head of the stream.
+	waited := false
 	stop := context.AfterFunc(ctx, func() { s.repl.Conn().SetReadDeadline(time.Now()) }) //nolint:errcheck // the read fails either way
 	defer stop()
 	defer s.repl.Conn().SetReadDeadline(time.Time{}) //nolint:errcheck // the session ends; best effort for the shutdown status
