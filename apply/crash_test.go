@@ -21,8 +21,15 @@ import (
 // Its value is the upstream URL.
 const childEnv = "PGCOURIER_TEST_APPLY_CHILD_DB"
 
+// partsChildEnv marks a child of TestApplierKill9Parts: it applies the
+// parts stream instead.
+const partsChildEnv = "PGCOURIER_TEST_APPLY_CHILD_PARTS"
+
 func TestMain(m *testing.M) {
 	if db := os.Getenv(childEnv); db != "" {
+		if os.Getenv(partsChildEnv) != "" {
+			os.Exit(runPartsChild(db))
+		}
 		os.Exit(runChild(db))
 	}
 	os.Exit(m.Run())

@@ -4,10 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
 
 	pgcourier "github.com/pgcourier/pgcourier"
 	"github.com/pgcourier/pgcourier/internal/pgtest"
@@ -288,5 +294,147 @@ func TestPartsPostgresCrash(t *testing.T) {
 	wantStatus(t, w, bs[3], Applied)
 	if got := query(t, c, `SELECT (SELECT count(*) FROM subject), (SELECT count(*) FROM tag), (SELECT count(*) FROM pgcourier.staged)`); !cmp.Equal(got, []string{"3000|1|0"}) {
 		t.Errorf("after applying again: subject, tag rows and staged parts = %v, want 3000|1|0", got)
+	}
+}
+
+// The parts stream: one transaction of partsStreamRows inserts into events
+// in partsStreamBatches batches (all but the last continued), then one
+// ordinary batch of 100 rows.
+const (
+	partsStreamRows    = 200_000
+	partsStreamBatches = 10
+)
+
+// partsStream returns batch seq of the parts stream.
+func partsStream(seq uint64) *pgcourier.Batch {
+	per := partsStreamRows / partsStreamBatches
+	if seq > partsStreamBatches {
+		var chs []pgcourier.Change
+		for i := range 100 {
+			chs = append(chs, ins(events, fmt.Sprint(partsStreamRows+i), "2", "after"))
+		}
+		b := batch(crashSource, seq, txn(at(2), chs...))
+		return b
+	}
+	var chs []pgcourier.Change
+	for i := range per {
+		id := (int(seq)-1)*per + i
+		chs = append(chs, ins(events, fmt.Sprint(id), "1", "part "+fmt.Sprint(seq)))
+	}
+	b := batch(crashSource, seq, txn(at(1), chs...))
+	b.Continued = seq < partsStreamBatches
+	return b
+}
+
+// runPartsChild applies the parts stream to db from where it stands, then
+// exits 0.
+func runPartsChild(db string) int {
+	ctx := context.Background()
+	cfg, err := pgx.ParseConfig(db)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	w, err := New(cfg, Options{Node: testNode})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer w.Close()
+	for {
+		p, err := w.Progress(ctx, crashSource)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		if p.AppliedSeq > partsStreamBatches {
+			return 0
+		}
+		res, err := w.Apply(ctx, partsStream(p.AppliedSeq+1))
+		if err != nil || (res.Status != Applied && res.Status != Duplicate) {
+			fmt.Fprintln(os.Stderr, "apply:", res.Status, res.Err, err)
+			return 1
+		}
+	}
+}
+
+// checkParts fails the test unless the transaction in parts is wholly
+// applied (once its last batch is) or not at all, and returns the seq
+// applied.
+func checkPartsStream(t *testing.T, c *pgtest.Cluster) uint64 {
+	t.Helper()
+	got := query(t, c, `
+		SELECT coalesce((SELECT applied_seq FROM pgcourier.source_progress WHERE source = $1), 0),
+		       (SELECT count(*) FROM events WHERE v = 1), (SELECT count(*) FROM events WHERE v = 2)`, crashSource)
+	var n, big, after uint64
+	fmt.Sscanf(got[0], "%d|%d|%d", &n, &big, &after)
+	wantBig, wantAfter := uint64(0), uint64(0)
+	if n >= partsStreamBatches {
+		wantBig = partsStreamRows
+	}
+	if n > partsStreamBatches {
+		wantAfter = 100
+	}
+	if big != wantBig || after != wantAfter {
+		t.Fatalf("at applied seq %d: %d rows of the transaction in parts and %d after it; want %d and %d", n, big, after, wantBig, wantAfter)
+	}
+	return n
+}
+
+// TestApplierKill9Parts kills the applying process with SIGKILL at random
+// moments while it stages a transaction's parts and applies them, then
+// three times while the last batch applies every part: after every kill
+// the transaction shows wholly or not at all.
+func TestApplierKill9Parts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash test")
+	}
+	c := pgtest.Start(t)
+	migrate(t, c)
+	c.Exec(t, eventsTable)
+	kills, final := 0, 0
+	for kills < 10 {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childEnv+"="+c.URL(), partsChildEnv+"=1")
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		if kills < 7 {
+			time.Sleep(time.Duration(5+rand.IntN(300)) * time.Millisecond)
+		} else {
+			// Once every part is staged, the last batch applies them all.
+			for checkPartsStream(t, c) < partsStreamBatches-1 {
+				select {
+				case err := <-done:
+					t.Fatalf("applying process ended before it staged every part: %v", err)
+				case <-time.After(2 * time.Millisecond):
+				}
+			}
+			time.Sleep(time.Duration(rand.IntN(100)) * time.Millisecond)
+		}
+		cmd.Process.Signal(syscall.SIGKILL)
+		if err := <-done; err == nil {
+			t.Fatalf("kill %d came after the applying process had finished; make the stream larger", kills+1)
+		}
+		kills++
+		if checkPartsStream(t, c) == partsStreamBatches-1 {
+			final++
+		}
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+c.URL(), partsChildEnv+"=1")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("applying process failed: %v", err)
+	}
+	if n := checkPartsStream(t, c); n != partsStreamBatches+1 {
+		t.Errorf("stream ended at seq %d, want %d", n, partsStreamBatches+1)
+	}
+	t.Logf("%d kills, %d of them with every part staged and the transaction not applied", kills, final)
+	if final < 3 {
+		t.Errorf("only %d kills while the last batch applied the parts; the test proves little", final)
 	}
 }
