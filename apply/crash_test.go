@@ -200,7 +200,11 @@ func waitForLockWait(t *testing.T, c *pgtest.Cluster, locker *pgx.Conn) {
 
 // runChild applies the crash stream to db from where it stands, then
 // exits 0.
-func runChild(db string) int {
+func runChild(db string) int { return applyStream(db, crashBatch, crashBatches) }
+
+// applyStream applies batch(seq) for every seq up to last to db, from where
+// its progress stands, then returns 0; 1 on a failure.
+func applyStream(db string, batch func(seq uint64) *pgcourier.Batch, last uint64) int {
 	ctx := context.Background()
 	cfg, err := pgx.ParseConfig(db)
 	if err != nil {
@@ -219,12 +223,12 @@ func runChild(db string) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		if p.AppliedSeq >= crashBatches {
+		if p.AppliedSeq >= last {
 			return 0
 		}
 		// Duplicate is fine: a killed process's session may still commit
 		// the batch it sent in full, and this one waits for it.
-		res, err := w.Apply(ctx, crashBatch(p.AppliedSeq+1))
+		res, err := w.Apply(ctx, batch(p.AppliedSeq+1))
 		if err != nil || (res.Status != Applied && res.Status != Duplicate) {
 			fmt.Fprintln(os.Stderr, "apply:", res.Status, res.Err, err)
 			return 1

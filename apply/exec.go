@@ -378,7 +378,7 @@ func (w *Writer) apply(ctx context.Context, b *pgcourier.Batch, data []byte, cau
 		if parts, err = w.applyStaged(ctx, s, b, &st, cautious); err != nil || parts.Status != 0 {
 			return parts, err
 		}
-		ps.first, ps.partsFrom = false, st.staged
+		ps.first = false
 	}
 	runs, reordered, be := w.plan(b, st.tables, cautious)
 	if be != nil {
@@ -431,10 +431,9 @@ type queued struct {
 // pass is one round trip of a batch's transaction: the batch's own changes,
 // or those of a part of its first transaction staged before it.
 type pass struct {
-	of        *pgcourier.Batch // the batch whose changes the runs hold
-	first     bool             // the transaction's first round trip: it sets up the origin
-	last      bool             // its last: it records the progress, deletes the parts and commits
-	partsFrom uint64           // the seq of the first staged part applied, 0 if none
+	of    *pgcourier.Batch // the batch whose changes the runs hold
+	first bool             // the transaction's first round trip: it sets up the origin
+	last  bool             // its last: it records the progress, deletes the parts (st.staged on) and commits
 }
 
 // write applies the runs of ps.of in b's transaction. The last pass also
@@ -490,8 +489,8 @@ func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st s
 			prevEpoch, prevSeq = st.epoch, int64(st.applied)
 		}
 		from := b.Seq
-		if ps.partsFrom > 0 {
-			from = ps.partsFrom
+		if st.staged > 0 { // the parts it applied before
+			from = st.staged
 			add(nil, stmt{sql: unstageSQL, exec: true}, b.Source, b.Epoch, int64(b.Seq))
 		}
 		add(nil, stmt{sql: advanceSQL, exec: true}, b.Source, b.Epoch, int64(b.Seq), lastLSN, lastTime, int64(b.Rows()), prevEpoch, prevSeq, int64(from))

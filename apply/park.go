@@ -3,14 +3,13 @@ package apply
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	pgcourier "github.com/pgcourier/pgcourier"
-	"github.com/pgcourier/pgcourier/wire"
 )
 
 // parkSQL records every change of a parked batch in pgcourier.conflicts,
@@ -89,22 +88,21 @@ func (w *Writer) Park(ctx context.Context, source string, epoch int64, seq uint6
 	if v == vApply && st.staged > 0 {
 		// The parts before it first, in order, one at a time: a
 		// transaction in parts can be larger than memory.
+		var decoding sync.WaitGroup
+		defer decoding.Wait()
 		for part := st.staged; part < seq; part++ {
-			var payload []byte
-			var pb *pgcourier.Batch
-			why := reason
-			err := s.conn.QueryRow(ctx, partSQL, source, epoch, int64(part)).Scan(&payload)
-			switch {
-			case errors.Is(err, pgx.ErrNoRows):
-				why = fmt.Sprintf("%s (staged part %d is missing)", reason, part)
-			case err != nil:
-				return fmt.Errorf("park %s seq %d: read part %d: %w", source, seq, part, err)
-			default:
-				if pb, err = wire.Decode(payload); err != nil {
-					why = fmt.Sprintf("%s (staged part %d does not decode: %v)", reason, part, err)
-				}
+			next, err := s.fetchPart(ctx, &decoding, source, epoch, part)
+			if err != nil {
+				return fmt.Errorf("park %s seq %d: %w", source, seq, err)
 			}
-			if _, err := s.conn.Exec(ctx, parkSQL, parkArgs(source, epoch, part, pb, why)...); err != nil {
+			d, why := <-next, reason
+			switch {
+			case d.missing:
+				why = fmt.Sprintf("%s (staged part %d is missing)", reason, part)
+			case d.err != nil:
+				d.part, why = nil, fmt.Sprintf("%s (staged part %d does not decode: %v)", reason, part, d.err)
+			}
+			if _, err := s.conn.Exec(ctx, parkSQL, parkArgs(source, epoch, part, d.part, why)...); err != nil {
 				return fmt.Errorf("park %s seq %d: part %d: %w", source, seq, part, err)
 			}
 		}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/jackc/pgx/v5"
 
 	pgcourier "github.com/pgcourier/pgcourier"
 	"github.com/pgcourier/pgcourier/internal/pgtest"
@@ -328,37 +327,9 @@ func partsStream(seq uint64) *pgcourier.Batch {
 
 // runPartsChild applies the parts stream to db from where it stands, then
 // exits 0.
-func runPartsChild(db string) int {
-	ctx := context.Background()
-	cfg, err := pgx.ParseConfig(db)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	w, err := New(cfg, Options{Node: testNode})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer w.Close()
-	for {
-		p, err := w.Progress(ctx, crashSource)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		if p.AppliedSeq > partsStreamBatches {
-			return 0
-		}
-		res, err := w.Apply(ctx, partsStream(p.AppliedSeq+1))
-		if err != nil || (res.Status != Applied && res.Status != Duplicate) {
-			fmt.Fprintln(os.Stderr, "apply:", res.Status, res.Err, err)
-			return 1
-		}
-	}
-}
+func runPartsChild(db string) int { return applyStream(db, partsStream, partsStreamBatches+1) }
 
-// checkParts fails the test unless the transaction in parts is wholly
+// checkPartsStream fails the test unless the transaction in parts is wholly
 // applied (once its last batch is) or not at all, and returns the seq
 // applied.
 func checkPartsStream(t *testing.T, c *pgtest.Cluster) uint64 {
