@@ -202,13 +202,10 @@ type Writer struct {
 // and stay open for the next batch until Close. The pgcourier schema must
 // be migrated (internal/schema) before the first Apply. Every transaction
 // that applies sets pgcourier.ValueSettings itself, so cfg needs no
-// particular settings, but it must not choose the simple protocol.
+// particular settings; its query exec mode is not used (see newConns).
 func New(cfg *pgx.ConnConfig, opts Options) (*Writer, error) {
 	if cfg == nil {
 		return nil, fmt.Errorf("apply: no connection config")
-	}
-	if cfg.DefaultQueryExecMode == pgx.QueryExecModeSimpleProtocol {
-		return nil, fmt.Errorf("apply: the connection config uses the simple protocol; use the default query exec mode")
 	}
 	if opts.MaxConns < 0 {
 		return nil, fmt.Errorf("apply: max conns %d: want 0 (the default) or more", opts.MaxConns)

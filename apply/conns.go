@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // errClosed is returned by Apply and Park after Close.
@@ -22,8 +23,37 @@ type conns struct {
 	closed bool
 }
 
+// newConns takes cfg for its own: its connections run every statement as
+// the unnamed statement (pgx.QueryExecModeCacheDescribe), which Postgres
+// plans for the parameters of each execution. A statement that applies a
+// run of changes thus gets a plan for its row count and for its tables as
+// they are now, even while a catch-up grows them faster than statistics
+// follow; a cached generic plan, made while a table was small, would scan
+// it whole for every batch. The statements in fixedSQL are prepared by
+// name instead: their plans are worth keeping.
 func newConns(cfg *pgx.ConnConfig, max int) *conns {
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
 	return &conns{cfg: cfg, sem: make(chan struct{}, max)}
+}
+
+// fixedSQL are the statements every batch runs, the same whatever it holds:
+// each connection prepares them once (see newConns).
+var fixedSQL = []string{lockSQL, unlockSQL, progressSQL, catalogSQL, settingsSQL,
+	originSetupSQL, xactSetupSQL, originResetSQL, advanceSQL, stageSQL, unstageSQL, partSQL}
+
+// prepare prepares fixedSQL on c. A statement that fails to prepare (say,
+// the pgcourier schema is missing) is left unprepared: it then runs as the
+// unnamed statement, and the batch that runs it reports the error.
+func prepare(ctx context.Context, c *pgx.Conn) error {
+	for _, sql := range fixedSQL {
+		if _, err := c.Prepare(ctx, sql, sql); err != nil {
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // acquire returns an idle connection or a new one, waiting while max are in
@@ -55,6 +85,11 @@ func (p *conns) acquire(ctx context.Context) (*pgx.Conn, error) {
 		return nil, err
 	}
 	useTextArrays(c)
+	if err := prepare(ctx, c); err != nil {
+		c.Close(ctx) //nolint:errcheck // the connection failed already
+		<-p.sem
+		return nil, err
+	}
 	return c, nil
 }
 

@@ -99,9 +99,10 @@ RETURNING attempts`
 // under.
 var settingsSQL = func() string {
 	s := pgcourier.ValueSettings()
-	// Statements that apply many rows are planned for their row count and
-	// the table as it is now, never from a plan cached while it was small.
-	s["plan_cache_mode"] = customPlans
+	// The statements that apply changes are planned at every execution
+	// anyway (see conns); "auto" lets the queries Postgres runs for them,
+	// such as a foreign key's check of every row, use their cached plans.
+	s["plan_cache_mode"] = "auto"
 	var parts []string
 	for _, k := range slices.Sorted(maps.Keys(s)) {
 		parts = append(parts, fmt.Sprintf("pg_catalog.set_config(%s, %s, true)", literal(k), literal(s[k])))
@@ -112,14 +113,6 @@ var settingsSQL = func() string {
 // genericPlansSQL makes the statements after it in the transaction use
 // their cached generic plans.
 const genericPlansSQL = `SELECT pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true)`
-
-// The plan cache modes a batch switches between: custom plans for the
-// statements of many rows, a cached generic plan for those of one row,
-// whose parameters are single values.
-const (
-	customPlans = "force_custom_plan"
-	cachedPlans = "auto"
-)
 
 // session is one connection while it applies a batch.
 type session struct {
@@ -460,23 +453,10 @@ func (w *Writer) write(ctx context.Context, s *session, b *pgcourier.Batch, st s
 			add(nil, stmt{sql: xactSetupSQL, exec: true}, *lastLSN, *lastTime)
 		}
 	}
-	// A pass after the first finds the mode the one before left.
-	mode := customPlans
-	if !ps.first {
-		mode = ""
-	}
 	for _, r := range runs {
 		stmts := w.statements(r)
 		if r.kind == runTruncate && w.truncate[b.Source] {
 			stmts = []stmt{truncateApply(r)}
-		}
-		want := customPlans
-		if r.single() {
-			want = cachedPlans
-		}
-		if want != mode {
-			mode = want
-			add(nil, stmt{sql: "SET LOCAL plan_cache_mode = " + mode, exec: true})
 		}
 		for _, sm := range stmts {
 			add(r, sm, w.args(r, sm, ps.of, *st.origin)...)
