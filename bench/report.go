@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pgcourier/pgcourier/internal/pgtest"
+	"github.com/pgcourier/pgcourier/router"
 )
 
 // report is everything one run measured, as written to benchmarks.json.
@@ -367,6 +368,56 @@ func (r *report) vsOffline() string {
 	return strings.Join(out, "; ")
 }
 
+// The pace at which each contender notices a link that came back: native's
+// apply worker is started again every wal_retrieve_retry_interval (5 s by
+// default), pgcourier's router probes at its default interval (±20 %). On
+// average a link comes back half a cycle before it is noticed.
+const (
+	nativeRetryCycle = 5 * time.Second
+	routerProbeCycle = router.DefaultProbeInterval
+)
+
+// drains returns, per backlog workload, each contender's drain (from the
+// first row applied to the last, which the moment the link came up within
+// the contender's retry cycle does not change) and the catch-up expected
+// for a link that comes back at a random moment: half the contender's
+// cycle plus its drain. It compares pgcourier's routes with native-offline
+// by that expectation.
+func (r *report) drains() string {
+	var out []string
+	for _, w := range r.Workloads {
+		drain := map[string]float64{}
+		var parts []string
+		for _, c := range []string{"native", "native-offline", "rest", "postgres"} {
+			for _, res := range r.Results {
+				if res.Workload == w.ID && res.Contender == c && res.Mode == "backlog" && res.Error == "" && res.FirstRowMs != nil {
+					drain[c] = res.Seconds - *res.FirstRowMs/1e3
+					parts = append(parts, fmt.Sprintf("%s %.2f s", c, drain[c]))
+				}
+			}
+		}
+		if len(parts) == 0 {
+			continue
+		}
+		line := w.ID + " drain " + strings.Join(parts, ", ")
+		if d, ok := drain["native-offline"]; ok {
+			base := nativeRetryCycle.Seconds()/2 + d
+			var vs []string
+			for _, c := range []string{"rest", "postgres"} {
+				if d, ok := drain[c]; ok {
+					exp := routerProbeCycle.Seconds()/2 + d
+					vs = append(vs, fmt.Sprintf("%s %.2f s, %.2f×", c, exp, base/exp))
+				}
+			}
+			if len(vs) > 0 {
+				line += fmt.Sprintf("; expected catch-up native-offline %.2f s, %s", base, strings.Join(vs, ", "))
+			}
+		}
+		out = append(out, line)
+	}
+	return strings.Join(out, "; ")
+}
+
 // notes explains the run's particular figures below the table.
 func (r *report) notes(p func(string, ...any)) {
 	if r.Sizes.LagRowsPerS > 0 {
@@ -403,6 +454,14 @@ func (r *report) notes(p func(string, ...any)) {
 		p("- Catch-up against native-offline (the same link for both, each noticing it is back at its own default pace): "+
 			"rows/s over native-offline's, same workload, same run: %s. Where native-offline's worker stood in its 5 s retry "+
 			"cycle when the link came up decides much of its time, so these ratios swing from run to run.\n", vs)
+	}
+	if d := r.drains(); d != "" {
+		p("- Drain and expected catch-up: a backlog contender's time is the wait until it notices the link is back plus its drain, "+
+			"from the first row applied to the last. The drain does not depend on where the contender stood in its retry cycle when "+
+			"the link came up; the wait does, and on average it is half the cycle: %.1f s for native-offline (its apply worker starts "+
+			"again every %s), %.1f s for pgcourier's routes (the router probes every %s). The expected catch-up of a link that comes "+
+			"back at a random moment is that average wait plus the drain; the ratio is native-offline's expected catch-up over the "+
+			"route's: %s.\n", nativeRetryCycle.Seconds()/2, nativeRetryCycle, routerProbeCycle.Seconds()/2, routerProbeCycle, d)
 	}
 	if pace := r.paceWithCapture(); pace != "" {
 		p("- The laptop's own pace with capture beside it: Offered rows/s of capture over that of decode (a bare pg_recvlogical "+

@@ -203,3 +203,28 @@ func TestPaceWithCapture(t *testing.T) {
 		t.Errorf("markdown lacks the pace note:\n%s", b.String())
 	}
 }
+
+func TestDrains(t *testing.T) {
+	r := sampleReport()
+	// W6 native alone: a drain, nothing to compare.
+	if got, want := r.drains(), "W6 drain native 19.96 s"; got != want {
+		t.Errorf("drains = %q, want %q", got, want)
+	}
+	r.Results = append(r.Results,
+		result{Workload: "W6", Contender: "native-offline", Mode: "backlog", Seconds: 4.5, FirstRowMs: ptr(3500.0)},
+		result{Workload: "W6", Contender: "postgres", Mode: "backlog", Seconds: 2, FirstRowMs: ptr(500.0)},
+		result{Workload: "W6", Contender: "rest", Mode: "backlog", Error: "rest: link down"},
+	)
+	// native-offline: 2.5 s + 1 s; postgres: 0.5 s + 1.5 s.
+	want := "W6 drain native 19.96 s, native-offline 1.00 s, postgres 1.50 s; expected catch-up native-offline 3.50 s, postgres 2.00 s, 1.75×"
+	if got := r.drains(); got != want {
+		t.Errorf("drains = %q, want %q", got, want)
+	}
+	var b strings.Builder
+	if err := r.markdown(&b, false); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "route's: "+want+".") {
+		t.Errorf("markdown lacks the drain note:\n%s", b.String())
+	}
+}
