@@ -364,8 +364,9 @@ func planRuns(b *pgcourier.Batch, plans map[*pgcourier.Relation]*relPlan, cautio
 // byTable returns the changes grouped by table: tables whose rows others
 // reference (through foreign keys checked row by row) before those
 // referencing them, otherwise in the order the batch first touches them,
-// and each table's changes in their source order. It reports whether the
-// order changed. It leaves the order alone when grouping could change what
+// and each table's changes in their source order, or by layer where that
+// has the same effect (see layers). It reports whether the order changed.
+// It leaves the order alone when grouping could change what
 // the changes do, not only whether they succeed: a TRUNCATE; a delete or
 // key change of a row other tables may reference, or any change of a table
 // whose rows others reference with a cascading action (a cascade would act
@@ -390,9 +391,6 @@ func byTable(shapes []shaped) ([]shaped, bool) {
 			seen[t] = true
 			tables = append(tables, t)
 		}
-	}
-	if len(tables) < 2 {
-		return shapes, false
 	}
 	// Parents first: repeatedly take the earliest table none of whose
 	// parents in the batch is still waiting.
@@ -426,8 +424,21 @@ func byTable(shapes []shaped) ([]shaped, bool) {
 		}
 		order[tables[next]] = len(order)
 	}
-	sorted := slices.Clone(shapes)
-	slices.SortStableFunc(sorted, func(a, b shaped) int { return order[a.p.t] - order[b.p.t] })
+	layer := layers(shapes)
+	idx := make([]int, len(shapes))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortStableFunc(idx, func(a, b int) int {
+		if d := order[shapes[a].p.t] - order[shapes[b].p.t]; d != 0 {
+			return d
+		}
+		return layer[a] - layer[b]
+	})
+	sorted := make([]shaped, len(shapes))
+	for i, j := range idx {
+		sorted[i] = shapes[j]
+	}
 	changed := false
 	for i := range sorted {
 		if sorted[i].it.pos != shapes[i].it.pos {
@@ -436,6 +447,46 @@ func byTable(shapes []shaped) ([]shaped, bool) {
 		}
 	}
 	return sorted, changed
+}
+
+// layers returns, for each change, how many changes before it in the batch
+// touch the same row: the first change of every row is in layer 0, the
+// second in layer 1, and so on. Within a table, byTable orders the changes
+// by layer, so that a batch that edits rows it also inserted becomes one run
+// per layer instead of a new run at every row touched again. Changes of
+// different rows of a table commute, given the table's key is its only
+// unique constraint checked row by row (planRelation's hazard), no change
+// moves a row to another key, and no foreign key of the table refers to the
+// table itself; byTable has ruled out triggers, cascades, and deletes of
+// rows others reference. A table that does not meet these keeps its source
+// order: all its changes are in layer 0.
+func layers(shapes []shaped) []int {
+	orderly := map[*table]bool{}
+	plan := map[*table]*relPlan{}
+	for _, c := range shapes {
+		t := c.p.t
+		if p, ok := plan[t]; ok && p != c.p {
+			orderly[t] = true // two relations of one table: their keys need not compare
+		}
+		plan[t] = c.p
+		if !c.p.keyed || c.p.hazard || c.keyChange || slices.Contains(t.Links.Parents, t.OID) {
+			orderly[t] = true
+		}
+	}
+	layer := make([]int, len(shapes))
+	seen := map[*table]map[string]int{}
+	for i, c := range shapes {
+		t := c.p.t
+		if orderly[t] {
+			continue
+		}
+		if seen[t] == nil {
+			seen[t] = map[string]int{}
+		}
+		layer[i] = seen[t][c.key]
+		seen[t][c.key]++
+	}
+	return layer
 }
 
 // judgeFor is how many runs of a source's changes to a table are applied

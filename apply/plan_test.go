@@ -177,11 +177,14 @@ func TestPlanRunsByTable(t *testing.T) {
 		return tb
 	}
 	// visit references subject; requisition references visit; note is
-	// on its own.
+	// on its own, and so is unique, with a second unique index.
 	subject := linked("subject", 1, `{"parents": [], "referenced": true}`)
 	visit := linked("visit", 2, `{"parents": [1], "referenced": true}`)
 	requisition := linked("requisition", 3, `{"parents": [2], "referenced": false}`)
-	tables := map[string]*table{"subject": subject, "visit": visit, "requisition": requisition}
+	note := linked("note", 4, `{"parents": [], "referenced": false}`)
+	unique := testTable(t, "unique", `[{"columns": ["id"], "primary": true, "unique": true}, {"columns": ["code"], "unique": true}]`)
+	unique.OID = 5
+	tables := map[string]*table{"subject": subject, "visit": visit, "requisition": requisition, "note": note, "unique": unique}
 	rels := map[string]*pgcourier.Relation{}
 	for name := range tables {
 		rels[name] = relation(name, "id integer key", "code text", "note text")
@@ -212,6 +215,28 @@ func TestPlanRunsByTable(t *testing.T) {
 		name:    "one table: nothing to reorder",
 		changes: []pgcourier.Change{ins(rels["visit"], "1", "a", "x"), ins(rels["visit"], "2", "b", "y")},
 		want:    []string{"visit:II"},
+	}, {
+		name: "rows touched again: one run per layer, each row's changes in order",
+		changes: []pgcourier.Change{
+			ins(rels["visit"], "1", "a", "x"), upd(rels["visit"], "1", "b", "x"), ins(rels["visit"], "2", "a", "y"),
+			upd(rels["visit"], "2", "b", "y"), upd(rels["visit"], "1", "c", "x"), ins(rels["visit"], "3", "a", "z"),
+			ins(rels["note"], "1", "a", "x"), del(rels["note"], "1", "NULL", "NULL"), ins(rels["note"], "1", "b", "x"),
+		},
+		want:      []string{"visit:III", "visit:UU", "visit:U", "note:I", "note:D", "note:I"},
+		reordered: true,
+	}, {
+		name: "a table with another unique index keeps its order",
+		changes: []pgcourier.Change{
+			ins(rels["unique"], "1", "a", "x"), upd(rels["unique"], "1", "b", "x"), ins(rels["unique"], "2", "a", "y"),
+		},
+		want: []string{"unique:I", "unique:UI"},
+	}, {
+		name: "a row moved to another key keeps its table's order",
+		changes: []pgcourier.Change{
+			ins(rels["note"], "1", "a", "x"), upd(rels["note"], "1", "b", "x"), ins(rels["note"], "2", "a", "y"),
+			updOld(rels["note"], []string{"3", "c", "y"}, []string{"2", "NULL", "NULL"}),
+		},
+		want: []string{"note:I", "note:UI", "note:U"},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

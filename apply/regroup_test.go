@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -198,5 +199,122 @@ func TestFastMissJudgesTheNextBatches(t *testing.T) {
 	}
 	if n := strings.Count(logs.String(), "source order"); n != 1 {
 		t.Errorf("the writer fell back from the fast plan %d times, want once (the first batch); log:\n%s", n, logs.String())
+	}
+}
+
+// TestLayeredBatchMatchesSourceOrder applies random edc-like traffic of one
+// source twice: as one batch, which the writer groups by table and orders
+// by layer (rows inserted, edited and deleted again within it), and one
+// change per batch, which nothing can reorder. Both upstreams must end with
+// the same rows and the same conflicts. With local rows, written upstream
+// later than the source's changes, some changes lose: a first batch that
+// loses one of each table's changes makes the writer judge the next runs
+// of those tables, which then record the conflicts, still grouped.
+func TestLayeredBatchMatchesSourceOrder(t *testing.T) {
+	for _, local := range []bool{false, true} {
+		t.Run(fmt.Sprintf("local rows %t", local), func(t *testing.T) { testLayered(t, local) })
+	}
+}
+
+func testLayered(t *testing.T, local bool) {
+	setup := `
+		CREATE TABLE subject (id int PRIMARY KEY, name text);
+		CREATE TABLE visit (id int PRIMARY KEY, subject int NOT NULL REFERENCES subject, code text, data jsonb);
+		CREATE TABLE requisition (id int PRIMARY KEY, visit int NOT NULL REFERENCES visit, panel text)`
+	if local {
+		setup += `;
+		INSERT INTO subject VALUES (1000, 'local');
+		INSERT INTO visit SELECT 1000 + i, 1000, 'local', '{}' FROM generate_series(0, 9) i;
+		INSERT INTO requisition SELECT 1000 + i, 1000 + i, 'local' FROM generate_series(0, 9) i`
+	}
+	var logs bytes.Buffer
+	grouped, gw := upstream(t, setup, Options{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	single, sw := upstream(t, setup)
+	subject := relation("subject", "id integer key", "name text")
+	visit := relation("visit", "id integer key", "subject integer", "code text", "data jsonb")
+	req := relation("requisition", "id integer key", "visit integer", "panel text")
+
+	seq := uint64(1)
+	if local {
+		// One batch per table: a fast statement that misses marks its
+		// own table only.
+		for _, ch := range []pgcourier.Change{upd(visit, "1000", "1000", "w", "{}"), upd(req, "1000", "1000", "w")} {
+			for _, w := range []*Writer{gw, sw} {
+				if res := wantStatus(t, w, batch("laptop-07", seq, txn(at(0), ch)), Applied); res.Conflicts != 1 {
+					t.Fatalf("warm-up batch %d: %d conflicts, want 1", seq, res.Conflicts)
+				}
+			}
+			seq++
+		}
+	}
+
+	rnd := rand.New(rand.NewPCG(3, 11))
+	var txs []pgcourier.Transaction
+	var visits, reqs []int // rows this source may touch
+	reqVisit := map[int]int{}
+	if local {
+		for i := range 10 {
+			visits, reqs = append(visits, 1000+i), append(reqs, 1000+i)
+			reqVisit[1000+i] = 1000 + i
+		}
+	}
+	subjectOf := func(v int) string {
+		if v >= 1000 {
+			return "1000"
+		}
+		return fmt.Sprint(v)
+	}
+	next := 1
+	for i := 1; len(txs) < 400; i++ {
+		id := fmt.Sprint(next)
+		switch p := rnd.IntN(10); {
+		case p < 2 || len(visits) == 0: // enrolment: a subject and its first visit
+			txs = append(txs, txn(at(i), ins(subject, id, "s"+id), ins(visit, id, id, "1000", `{"v": 0}`)))
+			visits = append(visits, next)
+			next++
+		case p < 4: // a requisition of some visit
+			v := visits[rnd.IntN(len(visits))]
+			txs = append(txs, txn(at(i), ins(req, id, fmt.Sprint(v), fmt.Sprintf("p%d", i))))
+			reqs = append(reqs, next)
+			reqVisit[next] = v
+			next++
+		case p < 7: // a visit edited, maybe twice in its transaction
+			v := visits[rnd.IntN(len(visits))]
+			chs := []pgcourier.Change{upd(visit, fmt.Sprint(v), subjectOf(v), fmt.Sprint(i), fmt.Sprintf(`{"v": %d}`, i))}
+			if rnd.IntN(3) == 0 {
+				chs = append(chs, upd(visit, fmt.Sprint(v), subjectOf(v), fmt.Sprintf("%db", i), `{"v": -1}`))
+			}
+			txs = append(txs, txn(at(i), chs...))
+		case p < 9 && len(reqs) > 0: // a requisition edited
+			r := reqs[rnd.IntN(len(reqs))]
+			txs = append(txs, txn(at(i), upd(req, fmt.Sprint(r), fmt.Sprint(reqVisit[r]), fmt.Sprintf("e%d", i))))
+		case len(reqs) > 0: // a requisition deleted
+			j := rnd.IntN(len(reqs))
+			txs = append(txs, txn(at(i), del(req, fmt.Sprint(reqs[j]), "NULL", "NULL")))
+			reqs = append(reqs[:j], reqs[j+1:]...)
+		}
+	}
+
+	logs.Reset()
+	res := wantStatus(t, gw, batch("laptop-07", seq, txs...), Applied)
+	if strings.Contains(logs.String(), "source order") {
+		t.Errorf("the grouped batch fell back to the source order; log:\n%s", logs.String())
+	}
+	var conflicts int
+	for i, tx := range txs {
+		conflicts += wantStatus(t, sw, batch("laptop-07", seq+uint64(i), tx), Applied).Conflicts
+	}
+	if res.Conflicts != conflicts || local != (conflicts > 0) {
+		t.Errorf("conflicts: %d grouped, %d one by one; want the same, and some only with local rows", res.Conflicts, conflicts)
+	}
+	for _, sql := range []string{
+		`SELECT * FROM subject ORDER BY id`,
+		`SELECT * FROM visit ORDER BY id`,
+		`SELECT * FROM requisition ORDER BY id`,
+		`SELECT commit_time, table_name, op, rule, incoming, stored, stored_source FROM pgcourier.conflicts ORDER BY commit_time, table_name, incoming::text`,
+	} {
+		if diff := cmp.Diff(query(t, single, sql), query(t, grouped, sql)); diff != "" {
+			t.Errorf("%s (-one by one +grouped):\n%s", sql, diff)
+		}
 	}
 }
