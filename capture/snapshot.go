@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -68,7 +69,7 @@ type chunk struct {
 	rows    [][]pgcourier.Value
 	byKey   map[string]int // key → index in rows
 	dropped map[int]bool   // rows whose key changed between the marks
-	touched bool           // a keyless table changed between the marks
+	touched bool           // read it again: see observe
 	last    bool           // the table has no rows after this chunk
 	bytes   int            // size of the rows' values
 	lastKey []string
@@ -351,7 +352,12 @@ func rowKey(row []pgcourier.Value, keyCols []int) string {
 }
 
 // observe notes the changes a streamed transaction made to the table of the
-// chunk between its watermarks.
+// chunk between its watermarks. A row changed there is dropped from the
+// chunk: the change is in the stream before the chunk, and the chunk's copy
+// could be older. The whole chunk is read again instead when that cannot
+// work: a keyless table changed, or a row of the chunk was updated without
+// all its values (a large value left unchanged, which pgoutput does not
+// send), since the update cannot recreate a row the upstream never had.
 func (sn *snapshotter) observe(tx *pgcourier.Transaction) {
 	ch := sn.cur
 	if ch == nil || !ch.lowSeen {
@@ -373,11 +379,14 @@ func (sn *snapshotter) observe(tx *pgcourier.Transaction) {
 			if k, ok := keyOf(c.Rel, img, t); ok {
 				if i, ok := ch.byKey[k]; ok {
 					ch.dropped[i] = true
+					ch.touched = ch.touched || c.Op == pgcourier.OpUpdate && slices.ContainsFunc(c.New, unchangedValue)
 				}
 			}
 		}
 	}
 }
+
+func unchangedValue(v pgcourier.Value) bool { return v.Kind == pgcourier.Unchanged }
 
 // keyOf returns the chunk key of a streamed row image, matching columns by
 // name (the stream's relation may differ from the snapshot's after a schema
