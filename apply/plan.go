@@ -109,7 +109,8 @@ type run struct {
 	// changes from this source needed judging lately.
 	judge bool
 
-	keys map[string]bool // rows the run touches, while it is being built
+	keys  map[string]bool // rows the run touches, while it is being built
+	layer int             // the layer of its changes, or -1 (see shaped)
 }
 
 // fast reports whether the run is applied by the fast statement (see
@@ -186,11 +187,14 @@ type shaped struct {
 	unchanged []string
 	keyChange bool
 	key       string // the row it touches, for a table with a key
+	// layer is the change's layer (see layers) where byTable ordered its
+	// table by layer, -1 otherwise.
+	layer int
 }
 
 func shape(p *relPlan, it item, prev *shaped) shaped {
 	ch := it.ch
-	c := shaped{it: it, p: p, iu: ch.Op == pgcourier.OpInsert || ch.Op == pgcourier.OpUpdate}
+	c := shaped{it: it, p: p, iu: ch.Op == pgcourier.OpInsert || ch.Op == pgcourier.OpUpdate, layer: -1}
 	if c.iu {
 		if prev != nil && prev.p == p && prev.iu && sameColumns(p, ch.New, prev.cols, prev.unchanged) {
 			// Most changes of a run write the columns the one before did.
@@ -240,7 +244,7 @@ func sameColumns(p *relPlan, vs []pgcourier.Value, cols []int, unchanged []strin
 
 // start returns a new run holding c.
 func start(c shaped, optimistic bool) *run {
-	r := &run{p: c.p, op: c.it.ch.Op, keys: map[string]bool{}, optimistic: optimistic}
+	r := &run{p: c.p, op: c.it.ch.Op, optimistic: optimistic, layer: c.layer}
 	switch {
 	case c.it.ch.Op == pgcourier.OpTruncate:
 		r.kind = runTruncate
@@ -258,7 +262,11 @@ func (r *run) add(c shaped) {
 		r.hasIU, r.cols, r.unchanged = true, c.cols, c.unchanged
 	}
 	r.keyChange = r.keyChange || c.keyChange
-	if c.key != "" {
+	if c.key != "" && c.layer < 0 {
+		// A layer touches each row once: no need to remember them.
+		if r.keys == nil {
+			r.keys = map[string]bool{}
+		}
 		r.keys[c.key] = true
 	}
 	r.ops |= opBit(c.it.ch.Op)
@@ -293,7 +301,7 @@ func (r *run) accepts(c shaped) bool {
 		// constraint could tell their order.
 		return c.it.ch.Op == pgcourier.OpInsert && (!r.p.hazard || r.optimistic)
 	case runJudged:
-		if !r.p.keyed || c.it.ch.Op == pgcourier.OpTruncate || r.keys[c.key] {
+		if !r.p.keyed || c.it.ch.Op == pgcourier.OpTruncate || c.layer != r.layer || c.layer < 0 && r.keys[c.key] {
 			// Without a key, one change finds one row of maybe several
 			// alike: alone.
 			return false
@@ -424,69 +432,75 @@ func byTable(shapes []shaped) ([]shaped, bool) {
 		}
 		order[tables[next]] = len(order)
 	}
-	layer := layers(shapes)
-	idx := make([]int, len(shapes))
-	for i := range idx {
-		idx[i] = i
-	}
-	slices.SortStableFunc(idx, func(a, b int) int {
-		if d := order[shapes[a].p.t] - order[shapes[b].p.t]; d != 0 {
-			return d
+	layers(shapes)
+	// Sort by table, then layer, keeping the source order within.
+	type sortKey struct{ table, layer, i int }
+	keys := make([]sortKey, len(shapes))
+	inOrder := true
+	for i := range shapes {
+		keys[i] = sortKey{order[shapes[i].p.t], max(shapes[i].layer, 0), i}
+		if i > 0 && (keys[i].table < keys[i-1].table || keys[i].table == keys[i-1].table && keys[i].layer < keys[i-1].layer) {
+			inOrder = false
 		}
-		return layer[a] - layer[b]
+	}
+	if inOrder {
+		return shapes, false
+	}
+	slices.SortFunc(keys, func(a, b sortKey) int {
+		if a.table != b.table {
+			return a.table - b.table
+		}
+		if a.layer != b.layer {
+			return a.layer - b.layer
+		}
+		return a.i - b.i
 	})
 	sorted := make([]shaped, len(shapes))
-	for i, j := range idx {
-		sorted[i] = shapes[j]
+	for i, k := range keys {
+		sorted[i] = shapes[k.i]
 	}
-	changed := false
-	for i := range sorted {
-		if sorted[i].it.pos != shapes[i].it.pos {
-			changed = true
-			break
-		}
-	}
-	return sorted, changed
+	return sorted, true
 }
 
-// layers returns, for each change, how many changes before it in the batch
-// touch the same row: the first change of every row is in layer 0, the
-// second in layer 1, and so on. Within a table, byTable orders the changes
-// by layer, so that a batch that edits rows it also inserted becomes one run
-// per layer instead of a new run at every row touched again. Changes of
-// different rows of a table commute, given the table's key is its only
-// unique constraint checked row by row (planRelation's hazard), no change
-// moves a row to another key, and no foreign key of the table refers to the
-// table itself; byTable has ruled out triggers, cascades, and deletes of
-// rows others reference. A table that does not meet these keeps its source
-// order: all its changes are in layer 0.
-func layers(shapes []shaped) []int {
+// layers sets the layer of each change: how many changes before it in
+// the batch touch the same row. The first change of every row is in layer
+// 0, the second in layer 1, and so on. Within a table, byTable orders the
+// changes by layer, so that a batch that edits rows it also inserted
+// becomes one run per layer instead of a new run at every row touched
+// again. Changes of different rows of a table commute, given the table's
+// key is its only unique constraint checked row by row (planRelation's
+// hazard), no change moves a row to another key, and no foreign key of the
+// table refers to the table itself; byTable has ruled out triggers,
+// cascades, and deletes of rows others reference. A table that does not
+// meet these keeps its source order: its changes keep layer -1.
+func layers(shapes []shaped) {
 	orderly := map[*table]bool{}
 	plan := map[*table]*relPlan{}
+	count := map[*table]int{}
 	for _, c := range shapes {
 		t := c.p.t
 		if p, ok := plan[t]; ok && p != c.p {
 			orderly[t] = true // two relations of one table: their keys need not compare
 		}
 		plan[t] = c.p
+		count[t]++
 		if !c.p.keyed || c.p.hazard || c.keyChange || slices.Contains(t.Links.Parents, t.OID) {
 			orderly[t] = true
 		}
 	}
-	layer := make([]int, len(shapes))
 	seen := map[*table]map[string]int{}
-	for i, c := range shapes {
+	for i := range shapes {
+		c := &shapes[i]
 		t := c.p.t
 		if orderly[t] {
 			continue
 		}
 		if seen[t] == nil {
-			seen[t] = map[string]int{}
+			seen[t] = make(map[string]int, count[t])
 		}
-		layer[i] = seen[t][c.key]
+		c.layer = seen[t][c.key]
 		seen[t][c.key]++
 	}
-	return layer
 }
 
 // judgeFor is how many runs of a source's changes to a table are applied

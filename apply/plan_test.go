@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -11,7 +12,7 @@ import (
 
 // testTable describes an upstream table (id, code, note) for planning
 // without a database. indexes is the JSON of its unique indexes.
-func testTable(t *testing.T, name, indexes string) *table {
+func testTable(t testing.TB, name, indexes string) *table {
 	t.Helper()
 	tb, err := newTable("public", name, 1, `[
 		{"name": "id", "type": "pg_catalog.int4", "format": "integer", "notnull": true},
@@ -280,6 +281,56 @@ func TestPlanRunsByTable(t *testing.T) {
 			}
 			if moved {
 				t.Errorf("cautious plan reports a reordering")
+			}
+		})
+	}
+}
+
+// BenchmarkPlanRuns plans a batch of 10,000 inserts of one table, and one
+// of an edc mix over three linked tables.
+func BenchmarkPlanRuns(b *testing.B) {
+	const pk = `[{"columns": ["id"], "primary": true, "unique": true}]`
+	mk := func(name string, oid uint32, links string) *table {
+		tb := testTable(b, name, pk)
+		tb.OID = oid
+		if err := tb.link(links); err != nil {
+			b.Fatal(err)
+		}
+		return tb
+	}
+	subject := mk("subject", 1, `{"parents": [], "referenced": true}`)
+	visit := mk("visit", 2, `{"parents": [1], "referenced": true}`)
+	req := mk("requisition", 3, `{"parents": [2], "referenced": false}`)
+	rels := map[*table]*pgcourier.Relation{}
+	plans := map[*pgcourier.Relation]*relPlan{}
+	for _, t := range []*table{subject, visit, req} {
+		r := relation(t.Name, "id integer key", "code text", "note text")
+		p, err := planRelation(r, t, LastWriterWins)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rels[t], plans[r] = r, p
+	}
+	var inserts, mix []pgcourier.Transaction
+	for i := range 10_000 {
+		id := fmt.Sprint(i)
+		inserts = append(inserts, txn(at(i), ins(rels[subject], id, "a", "x")))
+		switch i % 4 {
+		case 0:
+			mix = append(mix, txn(at(i), ins(rels[subject], id, "a", "x"), ins(rels[visit], id, "a", "x")))
+		case 1:
+			mix = append(mix, txn(at(i), ins(rels[req], id, "a", "x")))
+		case 2:
+			mix = append(mix, txn(at(i), upd(rels[visit], fmt.Sprint(i-2), "b", "y")))
+		default:
+			mix = append(mix, txn(at(i), del(rels[req], fmt.Sprint(i-2), "NULL", "NULL")))
+		}
+	}
+	for name, txs := range map[string][]pgcourier.Transaction{"inserts": inserts, "mix": mix} {
+		bt := batch("laptop-07", 1, txs...)
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				planRuns(bt, plans, false)
 			}
 		})
 	}
