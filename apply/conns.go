@@ -3,6 +3,7 @@ package apply
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -36,8 +37,9 @@ func newConns(cfg *pgx.ConnConfig, max int) *conns {
 	return &conns{cfg: cfg, sem: make(chan struct{}, max)}
 }
 
-// fixedSQL are the statements every batch runs, the same whatever it holds:
-// each connection prepares them once (see newConns).
+// fixedSQL are the statements batches run whatever they hold (the last
+// three for transactions in parts): each connection prepares them once (see
+// newConns).
 var fixedSQL = []string{lockSQL, unlockSQL, progressSQL, catalogSQL, settingsSQL,
 	originSetupSQL, xactSetupSQL, originResetSQL, advanceSQL, stageSQL, unstageSQL, partSQL}
 
@@ -49,7 +51,7 @@ func prepare(ctx context.Context, c *pgx.Conn) error {
 		if _, err := c.Prepare(ctx, sql, sql); err != nil {
 			var pe *pgconn.PgError
 			if !errors.As(err, &pe) {
-				return err
+				return fmt.Errorf("prepare statements: %w", err)
 			}
 		}
 	}

@@ -26,6 +26,26 @@ type relPlan struct {
 	keyed   bool   // match is a usable unique key upstream
 	arbiter bool   // the key's index can arbitrate ON CONFLICT (it is not deferrable)
 	hazard  bool   // another unique index is checked row by row: no grouping of inserts and updates
+	// exact: two changes find the same row exactly when their match
+	// values are the same text (see exactKey), so changes of rows whose
+	// keys differ as text touch different rows.
+	exact bool
+}
+
+// exactKey reports whether values of a key column of incoming type in and
+// upstream type up are equal exactly when their text is: integers and
+// uuids, as the source prints them. Not numeric (1.0 and 1.00), text (a
+// collation may call different strings equal), floats (0 and -0), nor a
+// column whose source type prints values another way than upstream parses
+// them.
+func exactKey(in, up string) bool {
+	switch in {
+	case "smallint", "integer", "bigint":
+		return up == "pg_catalog.int2" || up == "pg_catalog.int4" || up == "pg_catalog.int8"
+	case "uuid":
+		return up == "pg_catalog.uuid"
+	}
+	return false
 }
 
 // planRelation matches rel's columns to t's by name. It returns a
@@ -68,6 +88,11 @@ func planRelation(rel *pgcourier.Relation, t *table, policy Policy) (*relPlan, e
 		}
 	}
 	p.hazard = t.immediateUnique(key)
+	p.exact = p.keyed
+	for _, i := range p.match {
+		col, _ := t.column(rel.Columns[i].Name)
+		p.exact = p.exact && exactKey(rel.Columns[i].Type, col.Type)
+	}
 	return p, nil
 }
 
@@ -301,9 +326,14 @@ func (r *run) accepts(c shaped) bool {
 		// constraint could tell their order.
 		return c.it.ch.Op == pgcourier.OpInsert && (!r.p.hazard || r.optimistic)
 	case runJudged:
-		if !r.p.keyed || c.it.ch.Op == pgcourier.OpTruncate || c.layer != r.layer || c.layer < 0 && r.keys[c.key] {
+		if !r.p.keyed || c.it.ch.Op == pgcourier.OpTruncate {
 			// Without a key, one change finds one row of maybe several
 			// alike: alone.
+			return false
+		}
+		if c.layer != r.layer || c.layer < 0 && r.keys[c.key] {
+			// A run touches each row once: one layer (whose rows all
+			// differ), or changes of rows it does not hold yet.
 			return false
 		}
 		if r.p.hazard && (c.iu || r.hasIU) && !r.optimistic {
@@ -334,8 +364,11 @@ func (r *run) accepts(c shaped) bool {
 //     freeing a value another takes), but every row appears once in a run,
 //     so each verdict is the same either way;
 //   - when byTable allows it, the changes are grouped by table, parents
-//     first, keeping their order within each table, so that a batch of
-//     interleaved small transactions becomes a few long runs.
+//     first, and each table's changes go by layer (every row's first
+//     change, then every row's second, ...) where that has the same effect,
+//     so that a batch of interleaved small transactions becomes a few long
+//     runs. Where grouping or layers could change what the changes do
+//     rather than whether they succeed, byTable keeps the source order.
 func planRuns(b *pgcourier.Batch, plans map[*pgcourier.Relation]*relPlan, cautious bool) (runs []*run, reordered bool) {
 	shapes := make([]shaped, 0, b.Rows())
 	pos := int32(0)
@@ -467,12 +500,14 @@ func byTable(shapes []shaped) ([]shaped, bool) {
 // 0, the second in layer 1, and so on. Within a table, byTable orders the
 // changes by layer, so that a batch that edits rows it also inserted
 // becomes one run per layer instead of a new run at every row touched
-// again. Changes of different rows of a table commute, given the table's
-// key is its only unique constraint checked row by row (planRelation's
-// hazard), no change moves a row to another key, and no foreign key of the
-// table refers to the table itself; byTable has ruled out triggers,
-// cascades, and deletes of rows others reference. A table that does not
-// meet these keeps its source order: its changes keep layer -1.
+// again. Changes of different rows of a table commute, given different
+// key text means a different row (relPlan.exact), the table's key is its
+// only unique constraint checked row by row (planRelation's hazard), and no
+// change moves a row to another key; byTable has ruled out triggers,
+// cascades, and deletes or key changes of rows others reference (which
+// covers a foreign key of the table to itself: its inserts are all of
+// layer 0, in source order). A table that does not meet these keeps its
+// source order: its changes keep layer -1.
 func layers(shapes []shaped) {
 	orderly := map[*table]bool{}
 	plan := map[*table]*relPlan{}
@@ -484,7 +519,7 @@ func layers(shapes []shaped) {
 		}
 		plan[t] = c.p
 		count[t]++
-		if !c.p.keyed || c.p.hazard || c.keyChange || slices.Contains(t.Links.Parents, t.OID) {
+		if !c.p.exact || c.p.hazard || c.keyChange {
 			orderly[t] = true
 		}
 	}
