@@ -69,9 +69,14 @@ type chunk struct {
 	rows    [][]pgcourier.Value
 	byKey   map[string]int // key → index in rows
 	dropped map[int]bool   // rows whose key changed between the marks
-	touched bool           // read it again: see observe
-	last    bool           // the table has no rows after this chunk
-	bytes   int            // size of the rows' values
+	// folded holds, for a dropped row that an update left values of
+	// unchanged, the row as the changes between the marks left it (nil
+	// if they deleted it); see observe.
+	folded  map[int][]pgcourier.Value
+	partial map[int]bool // rows to emit from folded
+	touched bool         // read it again: see observe
+	last    bool         // the table has no rows after this chunk
+	bytes   int          // size of the rows' values
 	lastKey []string
 }
 
@@ -239,7 +244,8 @@ func (sn *snapshotter) start(ctx context.Context) error {
 	if _, err := rand.Read(b[:]); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
-	ch := &chunk{id: hex.EncodeToString(b[:]), table: t, byKey: map[string]int{}, dropped: map[int]bool{}}
+	ch := &chunk{id: hex.EncodeToString(b[:]), table: t, byKey: map[string]int{}, dropped: map[int]bool{},
+		folded: map[int][]pgcourier.Value{}, partial: map[int]bool{}}
 	if err := sn.mark(ctx, "low", ch.id); err != nil {
 		return err
 	}
@@ -314,10 +320,18 @@ func (sn *snapshotter) start(ctx context.Context) error {
 // when it committed. One of them may have written its commit record before
 // the mark and not yet be visible: the stream would then carry its changes
 // before the mark, while a chunk read now would not see them and would
-// carry rows older than the stream before it. Committing takes moments, so
-// a transaction still running after settleWait is one that is open, whose
-// commit (if it comes) follows the mark.
+// carry rows older than the stream before it. It skips sessions idle in a
+// transaction, which are not committing. Committing takes moments, so a
+// transaction still running after settleWait is open and its commit (if it
+// comes) follows the mark; but one waiting for a synchronous standby has
+// committed already, and settle waits for it as long as it takes.
 func (sn *snapshotter) settle(ctx context.Context) error {
+	// A transaction of its own first, so that the snapshot's xmax lies past
+	// every transaction ID handed out before: a transaction at or above
+	// xmax counts as running without being listed.
+	if _, err := sn.conn.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
+		return fmt.Errorf("snapshot: read running transactions: %w", err)
+	}
 	var running []int64
 	rows, err := sn.conn.Query(ctx, `SELECT x::text::int8 FROM pg_snapshot_xip(pg_current_snapshot()) x`)
 	if err == nil {
@@ -328,18 +342,22 @@ func (sn *snapshotter) settle(ctx context.Context) error {
 	}
 	deadline := time.Now().Add(settleWait)
 	for len(running) > 0 {
-		var n int
+		var busy, syncRep int
 		err := sn.conn.QueryRow(ctx, `
-			SELECT count(*) FROM unnest($1::int8[]) x
-			 WHERE pg_xact_status(x::text::xid8) = 'in progress'`, running).Scan(&n)
+			SELECT count(*), count(*) FILTER (WHERE a.wait_event = 'SyncRep')
+			  FROM unnest($1::int8[]) r
+			  LEFT JOIN pg_stat_activity a ON a.backend_xid = pg_catalog.xid(r::text::xid8)
+			 WHERE pg_xact_status(r::text::xid8) = 'in progress'
+			   AND a.state IS DISTINCT FROM 'idle in transaction'
+			   AND a.state IS DISTINCT FROM 'idle in transaction (aborted)'`, running).Scan(&busy, &syncRep)
 		if err != nil {
 			return fmt.Errorf("snapshot: wait for running transactions: %w", err)
 		}
-		if n == 0 {
+		if busy == 0 {
 			return nil
 		}
-		if time.Now().After(deadline) {
-			sn.log.Debug("snapshot chunk read beside open transactions", "count", n)
+		if syncRep == 0 && time.Now().After(deadline) {
+			sn.log.Debug("snapshot chunk read beside open transactions", "count", busy)
 			return nil
 		}
 		time.Sleep(time.Millisecond)
@@ -370,10 +388,15 @@ func rowKey(row []pgcourier.Value, keyCols []int) string {
 // observe notes the changes a streamed transaction made to the table of the
 // chunk between its watermarks. A row changed there is dropped from the
 // chunk: the change is in the stream before the chunk, and the chunk's copy
-// could be older. The whole chunk is read again instead when that cannot
-// work: a keyless table changed, or a row of the chunk was updated without
-// all its values (a large value left unchanged, which pgoutput does not
-// send), since the update cannot recreate a row the upstream never had.
+// could be older. But an update that leaves a large value unchanged
+// reaches the stream without it (pgoutput does not send it), so it cannot
+// recreate a row the upstream never had. For such a row the chunk carries
+// the row as the changes between the marks left it instead: each column
+// as the last of them set it, or as the chunk read it if none did (then it
+// did not change between the marks; a changed value is always sent). The
+// chunk is read again when a keyless table changed, or when a change does
+// not fit that (another shape of the table, a row moved to another key
+// with values left out).
 func (sn *snapshotter) observe(tx *pgcourier.Transaction) {
 	ch := sn.cur
 	if ch == nil || !ch.lowSeen {
@@ -388,6 +411,7 @@ func (sn *snapshotter) observe(tx *pgcourier.Transaction) {
 			ch.touched = true
 			continue
 		}
+		hit := -1
 		for _, img := range [][]pgcourier.Value{c.New, c.Old} {
 			if img == nil {
 				continue
@@ -395,11 +419,66 @@ func (sn *snapshotter) observe(tx *pgcourier.Transaction) {
 			if k, ok := keyOf(c.Rel, img, t); ok {
 				if i, ok := ch.byKey[k]; ok {
 					ch.dropped[i] = true
-					ch.touched = ch.touched || c.Op == pgcourier.OpUpdate && slices.ContainsFunc(c.New, unchangedValue)
+					if hit >= 0 && hit != i {
+						hit = -2 // a row moved from one key of the chunk to another
+					} else if hit != -2 {
+						hit = i
+					}
 				}
 			}
 		}
+		if hit == -1 {
+			continue
+		}
+		if hit < 0 || !sameColumns(c.Rel, t.rel) {
+			ch.touched = true
+			continue
+		}
+		ch.fold(hit, c)
 	}
+}
+
+// fold applies change c to the folded image of row i of the chunk.
+func (ch *chunk) fold(i int, c pgcourier.Change) {
+	row, seen := ch.folded[i]
+	if !seen {
+		row = ch.rows[i]
+	}
+	switch c.Op {
+	case pgcourier.OpDelete:
+		ch.folded[i] = nil
+		return
+	case pgcourier.OpInsert:
+		ch.folded[i] = slices.Clone(c.New)
+		return
+	}
+	moved := c.Old != nil && rowKey(c.Old, ch.table.keyCols) != rowKey(c.New, ch.table.keyCols)
+	if !slices.ContainsFunc(c.New, unchangedValue) {
+		if moved {
+			ch.folded[i] = nil // it lives under another key now
+		} else {
+			ch.folded[i] = slices.Clone(c.New)
+		}
+		return
+	}
+	if moved || row == nil {
+		ch.touched = true // values left out of a row that moved, or of a row deleted before
+		return
+	}
+	next := slices.Clone(c.New)
+	for j, v := range next {
+		if v.Kind == pgcourier.Unchanged {
+			next[j] = row[j]
+		}
+	}
+	ch.folded[i] = next
+	ch.partial[i] = true
+}
+
+// sameColumns reports whether a and b have the same columns in the same
+// order.
+func sameColumns(a, b *pgcourier.Relation) bool {
+	return slices.EqualFunc(a.Columns, b.Columns, func(x, y pgcourier.Column) bool { return x.Name == y.Name && x.Type == y.Type })
 }
 
 func unchangedValue(v pgcourier.Value) bool { return v.Kind == pgcourier.Unchanged }
@@ -452,9 +531,14 @@ func (sn *snapshotter) marker(m string, commit pgcourier.Transaction) (tx *pgcou
 	}
 	out := &pgcourier.Transaction{CommitLSN: commit.CommitLSN, CommitTime: commit.CommitTime}
 	for i, row := range ch.rows {
-		if !ch.dropped[i] {
-			out.Changes = append(out.Changes, pgcourier.Change{Rel: t.rel, Op: pgcourier.OpInsert, New: row})
+		switch {
+		case !ch.dropped[i]:
+		case ch.partial[i] && ch.folded[i] != nil:
+			row = ch.folded[i]
+		default:
+			continue
 		}
+		out.Changes = append(out.Changes, pgcourier.Change{Rel: t.rel, Op: pgcourier.OpInsert, New: row})
 	}
 	t.rowsDone += int64(len(ch.rows))
 	if ch.lastKey != nil {

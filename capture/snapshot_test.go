@@ -3,14 +3,17 @@ package capture
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
 
 	pgcourier "github.com/pgcourier/pgcourier"
 	"github.com/pgcourier/pgcourier/internal/pgtest"
@@ -345,11 +348,13 @@ func TestSnapshotSkipsRelayedRows(t *testing.T) {
 }
 
 // TestSnapshotToast edits rows whose large column Postgres keeps out of
-// line while the snapshot copies them. An edit that leaves that column
-// alone reaches the stream without its value (unchanged TOAST), so an
-// upstream that never had the row cannot apply it: the row must come from
-// the snapshot after the edit. Replaying the outbox as an upstream would
-// must rebuild the table exactly.
+// line while the snapshot copies them, from several sessions at once. An
+// edit that leaves that column alone reaches the stream without its value
+// (unchanged TOAST), so an upstream that never had the row cannot apply
+// it: the row must come from the snapshot after the edit. Replaying the
+// outbox as an upstream would must rebuild the table exactly, and the
+// snapshot must not read a chunk again for such edits (under steady edits
+// it would never finish).
 func TestSnapshotToast(t *testing.T) {
 	c := pgtest.Start(t)
 	c.Exec(t, `CREATE TABLE visit (id bigint PRIMARY KEY, v text, form text)`)
@@ -359,37 +364,49 @@ func TestSnapshotToast(t *testing.T) {
 	prepare(t, c, allPublic)
 	opts := testOptions(c, allPublic)
 	opts.SnapshotChunkRows = 300
+	var logs lockedLog
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	runCapture(t, opts)
 
 	stop := make(chan struct{})
-	errc := make(chan error, 1)
-	go func() {
-		conn, err := pgx.Connect(context.Background(), c.URL())
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer conn.Close(context.Background())
-		for {
-			select {
-			case <-stop:
-				errc <- nil
-				return
-			default:
+	var g errgroup.Group
+	for range 4 {
+		g.Go(func() error {
+			conn, err := pgx.Connect(context.Background(), c.URL())
+			if err != nil {
+				return err
 			}
-			if _, err := conn.Exec(context.Background(), fmt.Sprintf(`UPDATE visit SET v = v || '+' WHERE id = %d`, rand.IntN(6000))); err != nil {
-				errc <- err
-				return
+			defer conn.Close(context.Background())
+			for {
+				select {
+				case <-stop:
+					return nil
+				default:
+				}
+				if _, err := conn.Exec(context.Background(), fmt.Sprintf(`UPDATE visit SET v = v || '+' WHERE id = %d`, rand.IntN(6000))); err != nil {
+					return err
+				}
 			}
+		})
+	}
+	stopped := false
+	stopEditing := func() error {
+		if !stopped {
+			stopped = true
+			close(stop)
 		}
-	}()
+		return g.Wait()
+	}
+	t.Cleanup(func() { stopEditing() }) //nolint:errcheck // a failed test stops them too
 	conn := c.Connect(t)
 	snapshotDone(t, conn)
-	close(stop)
-	if err := <-errc; err != nil {
+	if err := stopEditing(); err != nil {
 		t.Fatal(err)
 	}
 	waitCaughtUp(t, c, conn)
+	if n := strings.Count(logs.String(), "reading it again"); n > 0 {
+		t.Errorf("the snapshot read %d chunks again", n)
+	}
 
 	// Replay as an upstream applies: an update that leaves a value out
 	// keeps the stored one, and cannot recreate a missing row.
@@ -435,5 +452,51 @@ func TestSnapshotToast(t *testing.T) {
 	t.Logf("%d edits came before their row's snapshot copy", unapplied)
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("replaying the outbox gives %d rows, the table holds %d; first differences:\n%s", len(got), len(want), firstDiff(got, want))
+	}
+}
+
+// lockedLog is a log destination safe for concurrent writes.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestSnapshotBesideIdleTransaction copies a table while another session
+// sits idle in a transaction that holds a transaction ID: the snapshot must
+// not wait for it before every chunk.
+func TestSnapshotBesideIdleTransaction(t *testing.T) {
+	c := pgtest.Start(t)
+	c.Exec(t, `CREATE TABLE visit (id bigint PRIMARY KEY, v text)`)
+	c.Exec(t, `INSERT INTO visit SELECT g, 'v' || g FROM generate_series(0, 2999) g`)
+	c.Exec(t, markerTable)
+	prepare(t, c, allPublic)
+	idle := c.Connect(t)
+	if _, err := idle.Exec(context.Background(), `BEGIN; SELECT pg_current_xact_id()`); err != nil {
+		t.Fatal(err)
+	}
+	opts := testOptions(c, allPublic)
+	opts.SnapshotChunkRows = 500
+	var logs lockedLog
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	runCapture(t, opts)
+	conn := c.Connect(t)
+	snapshotDone(t, conn)
+	if n := strings.Count(logs.String(), "beside open transactions"); n > 0 {
+		t.Errorf("%d snapshot chunks waited for the idle transaction", n)
+	}
+	if got, want := replay(t, conn, "visit"), tableRows(t, conn, "visit"); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("replaying the outbox gives %d rows, the table holds %d", len(got), len(want))
 	}
 }
