@@ -430,7 +430,7 @@ func (sn *snapshotter) observe(tx *pgcourier.Transaction) {
 		if hit == -1 {
 			continue
 		}
-		if hit < 0 || !sameColumns(c.Rel, t.rel) {
+		if hit < 0 {
 			ch.touched = true
 			continue
 		}
@@ -438,47 +438,49 @@ func (sn *snapshotter) observe(tx *pgcourier.Transaction) {
 	}
 }
 
-// fold applies change c to the folded image of row i of the chunk.
+// fold applies change c to the folded image of row i of the chunk, in the
+// columns of the snapshot's relation, matched by name (the stream's
+// relation may differ after a schema change).
 func (ch *chunk) fold(i int, c pgcourier.Change) {
+	t := ch.table
 	row, seen := ch.folded[i]
 	if !seen {
 		row = ch.rows[i]
 	}
-	switch c.Op {
-	case pgcourier.OpDelete:
+	if c.Op == pgcourier.OpDelete {
 		ch.folded[i] = nil
 		return
-	case pgcourier.OpInsert:
-		ch.folded[i] = slices.Clone(c.New)
-		return
 	}
-	moved := c.Old != nil && rowKey(c.Old, ch.table.keyCols) != rowKey(c.New, ch.table.keyCols)
-	if !slices.ContainsFunc(c.New, unchangedValue) {
-		if moved {
-			ch.folded[i] = nil // it lives under another key now
-		} else {
-			ch.folded[i] = slices.Clone(c.New)
+	if c.Op == pgcourier.OpUpdate && c.Old != nil {
+		oldKey, ok1 := keyOf(c.Rel, c.Old, t)
+		newKey, ok2 := keyOf(c.Rel, c.New, t)
+		if !ok1 || !ok2 || oldKey != newKey {
+			// Moved to another key. With every value sent, the stream
+			// carries the row whole; with some left out, start over.
+			ch.folded[i] = nil
+			ch.touched = ch.touched || slices.ContainsFunc(c.New, unchangedValue)
+			return
 		}
-		return
 	}
-	if moved || row == nil {
-		ch.touched = true // values left out of a row that moved, or of a row deleted before
-		return
-	}
-	next := slices.Clone(c.New)
-	for j, v := range next {
-		if v.Kind == pgcourier.Unchanged {
-			next[j] = row[j]
+	partial := false
+	next := make([]pgcourier.Value, len(t.rel.Columns))
+	for j, col := range t.rel.Columns {
+		k := slices.IndexFunc(c.Rel.Columns, func(cc pgcourier.Column) bool { return cc.Name == col.Name })
+		switch {
+		case k >= 0 && c.New[k].Kind != pgcourier.Unchanged:
+			next[j] = c.New[k]
+		case row != nil && c.Op == pgcourier.OpUpdate:
+			next[j] = row[j] // left out as unchanged, or no longer in the stream's relation
+			partial = partial || k >= 0
+		case k >= 0:
+			ch.touched = true // values left out of a row deleted before: start over
+			return
+		default:
+			next[j] = pgcourier.Value{Kind: pgcourier.Null}
 		}
 	}
 	ch.folded[i] = next
-	ch.partial[i] = true
-}
-
-// sameColumns reports whether a and b have the same columns in the same
-// order.
-func sameColumns(a, b *pgcourier.Relation) bool {
-	return slices.EqualFunc(a.Columns, b.Columns, func(x, y pgcourier.Column) bool { return x.Name == y.Name && x.Type == y.Type })
+	ch.partial[i] = ch.partial[i] || partial
 }
 
 func unchangedValue(v pgcourier.Value) bool { return v.Kind == pgcourier.Unchanged }
