@@ -29,8 +29,12 @@ func TestSnapshotFold(t *testing.T) {
 		}
 		return vs
 	}
-	ins := func(vs ...string) pgcourier.Change { return pgcourier.Change{Rel: rel, Op: pgcourier.OpInsert, New: val(vs...)} }
-	upd := func(vs ...string) pgcourier.Change { return pgcourier.Change{Rel: rel, Op: pgcourier.OpUpdate, New: val(vs...)} }
+	ins := func(vs ...string) pgcourier.Change {
+		return pgcourier.Change{Rel: rel, Op: pgcourier.OpInsert, New: val(vs...)}
+	}
+	upd := func(vs ...string) pgcourier.Change {
+		return pgcourier.Change{Rel: rel, Op: pgcourier.OpUpdate, New: val(vs...)}
+	}
 	del := pgcourier.Change{Rel: rel, Op: pgcourier.OpDelete, Old: val("1", "", "")}
 	tests := []struct {
 		name    string
