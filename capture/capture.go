@@ -451,7 +451,7 @@ func (s *stream) copyData(ctx context.Context, data []byte) error {
 // it may confirm is still the end of the last whole transaction, and a
 // restarted capture skips the changes written (outbox.written).
 func (s *stream) part(ctx context.Context, t *committed) error {
-	s.snap.observe(&t.tx)
+	s.snap.observe(&t.tx, t.skipped)
 	if t.skipped {
 		return nil // relayed data: observed, and not kept
 	}
@@ -474,7 +474,7 @@ func (s *stream) part(ctx context.Context, t *committed) error {
 
 // commit takes a finished transaction into the pending batch, or skips it.
 func (s *stream) commit(ctx context.Context, t *committed) error {
-	s.snap.observe(&t.tx)
+	s.snap.observe(&t.tx, t.skipped)
 	// Relayed data, or nothing published, is skipped; but the last part
 	// of a transaction written in parts must follow the others even if
 	// every change in it was written before.

@@ -39,32 +39,45 @@ func TestSnapshotFold(t *testing.T) {
 	tests := []struct {
 		name    string
 		changes []pgcourier.Change
+		relayed []bool   // per change: relayed from another source
 		want    []string // the rows the chunk carries, as id|v|form
 		again   bool     // the chunk is read again
 	}{
-		{"untouched", nil, []string{"1|a|big"}, false},
-		{"an update with every value: the stream has it", []pgcourier.Change{upd("1", "b", "big2")}, nil, false},
-		{"an update leaving form out", []pgcourier.Change{upd("1", "b", "UNCHANGED")}, []string{"1|b|big"}, false},
-		{"two of them", []pgcourier.Change{upd("1", "b", "UNCHANGED"), upd("1", "c", "UNCHANGED")}, []string{"1|c|big"}, false},
-		{"form set, then left out", []pgcourier.Change{upd("1", "b", "big2"), upd("1", "c", "UNCHANGED")}, []string{"1|c|big2"}, false},
-		{"left out, then deleted", []pgcourier.Change{upd("1", "b", "UNCHANGED"), del}, nil, false},
-		{"deleted, made again, left out", []pgcourier.Change{del, ins("1", "x", "new"), upd("1", "y", "UNCHANGED")}, []string{"1|y|new"}, false},
-		{"in a wider relation", []pgcourier.Change{{Rel: wider, Op: pgcourier.OpUpdate, New: val("1", "b", "UNCHANGED", "7")}}, []string{"1|b|big"}, false},
-		{"moved to another key, form left out", []pgcourier.Change{{Rel: rel, Op: pgcourier.OpUpdate, Old: val("1", "", ""), New: val("2", "b", "UNCHANGED")}}, nil, true},
-		{"moved to another key with every value", []pgcourier.Change{{Rel: rel, Op: pgcourier.OpUpdate, Old: val("1", "", ""), New: val("2", "b", "c")}}, nil, false},
+		{name: "untouched", want: []string{"1|a|big", "3|c|big3"}},
+		{name: "an update with every value: the stream has it", changes: []pgcourier.Change{upd("1", "b", "big2")}, want: []string{"3|c|big3"}},
+		{name: "an update leaving form out", changes: []pgcourier.Change{upd("1", "b", "UNCHANGED")}, want: []string{"1|b|big", "3|c|big3"}},
+		{name: "two of them", changes: []pgcourier.Change{upd("1", "b", "UNCHANGED"), upd("1", "c", "UNCHANGED")}, want: []string{"1|c|big", "3|c|big3"}},
+		{name: "form set, then left out", changes: []pgcourier.Change{upd("1", "b", "big2"), upd("1", "c", "UNCHANGED")}, want: []string{"1|c|big2", "3|c|big3"}},
+		{name: "left out, then deleted", changes: []pgcourier.Change{upd("1", "b", "UNCHANGED"), del}, want: []string{"3|c|big3"}},
+		{name: "deleted, made again, left out", changes: []pgcourier.Change{del, ins("1", "x", "new"), upd("1", "y", "UNCHANGED")}, want: []string{"1|y|new", "3|c|big3"}},
+		{name: "left out, then relayed: another source's row", changes: []pgcourier.Change{upd("1", "b", "UNCHANGED"), upd("1", "r", "relayed")},
+			relayed: []bool{false, true}, want: []string{"3|c|big3"}},
+		{name: "relayed, then left out here", changes: []pgcourier.Change{upd("1", "r", "relayed"), upd("1", "b", "UNCHANGED")},
+			relayed: []bool{true, false}, want: []string{"1|b|relayed", "3|c|big3"}},
+		{name: "in a wider relation: described again", changes: []pgcourier.Change{{Rel: wider, Op: pgcourier.OpUpdate, New: val("1", "b", "UNCHANGED", "7")}}, again: true},
+		{name: "moved to another key, form left out", changes: []pgcourier.Change{{Rel: rel, Op: pgcourier.OpUpdate, Old: val("1", "", ""), New: val("2", "b", "UNCHANGED")}}, again: true},
+		{name: "moved to another key with every value", changes: []pgcourier.Change{{Rel: rel, Op: pgcourier.OpUpdate, Old: val("1", "", ""), New: val("2", "b", "c")}}, want: []string{"3|c|big3"}},
+		{name: "moved between two keys of the chunk", changes: []pgcourier.Change{{Rel: rel, Op: pgcourier.OpUpdate, Old: val("1", "", ""), New: val("3", "b", "c")}}, again: true},
+		{name: "an old image of the same key", changes: []pgcourier.Change{{Rel: rel, Op: pgcourier.OpUpdate, Old: val("1", "a", "big"), New: val("1", "b", "UNCHANGED")}},
+			want: []string{"1|b|big", "3|c|big3"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tb := &snapTable{name: "public.visit", rel: rel, keyCols: []int{0}}
 			sn := &snapshotter{queue: []*snapTable{tb}, log: slog.New(slog.DiscardHandler)}
-			row := val("1", "a", "big")
-			sn.cur = &chunk{id: "c1", table: tb, lowSeen: true, rows: [][]pgcourier.Value{row},
-				byKey: map[string]int{rowKey(row, tb.keyCols): 0}, dropped: map[int]bool{},
-				folded: map[int][]pgcourier.Value{}, partial: map[int]bool{}}
-			sn.observe(&pgcourier.Transaction{Changes: tt.changes})
+			rows := [][]pgcourier.Value{val("1", "a", "big"), val("3", "c", "big3")}
+			sn.cur = &chunk{id: "c1", table: tb, lowSeen: true, rows: rows,
+				byKey: map[string]int{rowKey(rows[0], tb.keyCols): 0, rowKey(rows[1], tb.keyCols): 1}, dropped: map[int]bool{},
+				folded: map[int][]pgcourier.Value{}, partial: map[int]bool{}, foreign: map[int]bool{}}
+			for i, ch := range tt.changes {
+				sn.observe(&pgcourier.Transaction{Changes: []pgcourier.Change{ch}}, i < len(tt.relayed) && tt.relayed[i])
+			}
 			tx, _, _ := sn.marker("high:c1", pgcourier.Transaction{})
 			if again := tx == nil; again != tt.again {
-				t.Fatalf("read again = %t, want %t", again, tt.again)
+				t.Fatalf("after the high mark, read again = %t, want %t", again, tt.again)
+			}
+			if tt.again && tt.changes[0].Rel == wider && !tb.stale {
+				t.Errorf("the table is not to be described again")
 			}
 			if tx == nil {
 				return

@@ -59,6 +59,9 @@ type snapTable struct {
 	// the row's last writer was local (only those rows are this node's).
 	originFlag bool
 	first      string // the chunk query for the first chunk
+	// stale: a change showed columns other than rel's; describe the
+	// table again before the next chunk.
+	stale bool
 }
 
 // chunk is a snapshot chunk between its watermarks.
@@ -69,11 +72,12 @@ type chunk struct {
 	rows    [][]pgcourier.Value
 	byKey   map[string]int // key → index in rows
 	dropped map[int]bool   // rows whose key changed between the marks
-	// folded holds, for a dropped row that an update left values of
-	// unchanged, the row as the changes between the marks left it (nil
-	// if they deleted it); see observe.
+	// folded holds, for every row a change between the marks hit, the row
+	// as those changes left it: nil once deleted or moved to another key;
+	// see observe.
 	folded  map[int][]pgcourier.Value
-	partial map[int]bool // rows to emit from folded
+	partial map[int]bool // an update left values of the row out: carry it from folded
+	foreign map[int]bool // the row's last change was relayed: not this node's to carry
 	touched bool         // read it again: see observe
 	last    bool         // the table has no rows after this chunk
 	bytes   int          // size of the rows' values
@@ -240,12 +244,30 @@ func (sn *snapshotter) idle() bool { return sn.cur == nil && len(sn.queue) > 0 }
 // watermarks.
 func (sn *snapshotter) start(ctx context.Context) error {
 	t := sn.queue[0]
+	if t.stale {
+		var before []string
+		for _, k := range t.keyCols {
+			before = append(before, t.rel.Columns[k].Name)
+		}
+		if err := sn.describe(ctx, t); err != nil {
+			return err
+		}
+		t.stale = false
+		var after []string
+		for _, k := range t.keyCols {
+			after = append(after, t.rel.Columns[k].Name)
+		}
+		if !slices.Equal(before, after) {
+			sn.log.Warn("snapshot: the table's key changed; copying it again from the start", "table", t.name)
+			t.lastKey = nil
+		}
+	}
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
 	ch := &chunk{id: hex.EncodeToString(b[:]), table: t, byKey: map[string]int{}, dropped: map[int]bool{},
-		folded: map[int][]pgcourier.Value{}, partial: map[int]bool{}}
+		folded: map[int][]pgcourier.Value{}, partial: map[int]bool{}, foreign: map[int]bool{}}
 	if err := sn.mark(ctx, "low", ch.id); err != nil {
 		return err
 	}
@@ -321,10 +343,12 @@ func (sn *snapshotter) start(ctx context.Context) error {
 // the mark and not yet be visible: the stream would then carry its changes
 // before the mark, while a chunk read now would not see them and would
 // carry rows older than the stream before it. It skips sessions idle in a
-// transaction, which are not committing. Committing takes moments, so a
-// transaction still running after settleWait is open and its commit (if it
-// comes) follows the mark; but one waiting for a synchronous standby has
-// committed already, and settle waits for it as long as it takes.
+// transaction, which are not committing (it sees other roles' sessions
+// only with pg_read_all_stats). Committing takes moments, so a transaction
+// still running after settleWait is open and its commit, if it comes,
+// follows the mark; but one waiting for a synchronous standby has
+// committed already: settle waits for those until settleLimit, while the
+// replication stream is not read.
 func (sn *snapshotter) settle(ctx context.Context) error {
 	// A transaction of its own first, so that the snapshot's xmax lies past
 	// every transaction ID handed out before: a transaction at or above
@@ -340,7 +364,8 @@ func (sn *snapshotter) settle(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("snapshot: read running transactions: %w", err)
 	}
-	deadline := time.Now().Add(settleWait)
+	start := time.Now()
+	deadline, pause := start.Add(settleWait), time.Millisecond
 	for len(running) > 0 {
 		var busy, syncRep int
 		err := sn.conn.QueryRow(ctx, `
@@ -353,20 +378,35 @@ func (sn *snapshotter) settle(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("snapshot: wait for running transactions: %w", err)
 		}
-		if busy == 0 {
+		now := time.Now()
+		switch {
+		case busy == 0:
 			return nil
-		}
-		if syncRep == 0 && time.Now().After(deadline) {
+		case syncRep > 0 && now.Sub(start) >= settleLimit:
+			sn.log.Warn("snapshot chunk read while commits still wait for a synchronous standby; its rows may be older than the stream",
+				"count", syncRep, "waited", now.Sub(start).Round(time.Millisecond))
+			return nil
+		case syncRep > 0:
+			// Wait on, and a moment past their release, while they
+			// leave the running transactions.
+			deadline = now.Add(settleWait)
+		case now.After(deadline):
 			sn.log.Debug("snapshot chunk read beside open transactions", "count", busy)
 			return nil
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(pause)
+		pause = min(2*pause, 50*time.Millisecond)
 	}
 	return nil
 }
 
-// settleWait bounds how long settle waits for transactions to end.
-const settleWait = time.Second
+// settleWait is how long settle waits for transactions to end, and
+// settleLimit how long for commits held by a synchronous standby, well
+// below the server's wal_sender_timeout (60 s by default).
+const (
+	settleWait  = time.Second
+	settleLimit = 10 * time.Second
+)
 
 func (sn *snapshotter) mark(ctx context.Context, which, id string) error {
 	if _, err := sn.conn.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, snapshotPrefix, which+":"+id); err != nil {
@@ -386,18 +426,21 @@ func rowKey(row []pgcourier.Value, keyCols []int) string {
 }
 
 // observe notes the changes a streamed transaction made to the table of the
-// chunk between its watermarks. A row changed there is dropped from the
-// chunk: the change is in the stream before the chunk, and the chunk's copy
-// could be older. But an update that leaves a large value unchanged
-// reaches the stream without it (pgoutput does not send it), so it cannot
-// recreate a row the upstream never had. For such a row the chunk carries
-// the row as the changes between the marks left it instead: each column
-// as the last of them set it, or as the chunk read it if none did (then it
-// did not change between the marks; a changed value is always sent). The
-// chunk is read again when a keyless table changed, or when a change does
-// not fit that (another shape of the table, a row moved to another key
-// with values left out).
-func (sn *snapshotter) observe(tx *pgcourier.Transaction) {
+// chunk between its watermarks; relayed says the transaction carried
+// another source's changes. A row changed there is dropped from the chunk:
+// the change is in the stream before the chunk, and the chunk's copy could
+// be older. But an update that leaves a large value unchanged reaches the
+// stream without it (pgoutput does not send it), so it cannot recreate a
+// row the upstream never had. For such a row the chunk carries the row as
+// the changes between the marks left it instead: each column as the last
+// of them set it, or as the chunk read it if none did (then it did not
+// change between the marks; a changed value is always sent). The chunk is
+// read again when a keyless table changed or was truncated, when one
+// change moved a row between two keys of the chunk, when values were left
+// out of a row that moved to another key or was deleted before, and when a
+// change showed other columns than the snapshot's (after describing the
+// table again).
+func (sn *snapshotter) observe(tx *pgcourier.Transaction, relayed bool) {
 	ch := sn.cur
 	if ch == nil || !ch.lowSeen {
 		return
@@ -434,15 +477,20 @@ func (sn *snapshotter) observe(tx *pgcourier.Transaction) {
 			ch.touched = true
 			continue
 		}
-		ch.fold(hit, c)
+		ch.fold(hit, c, relayed)
 	}
 }
 
 // fold applies change c to the folded image of row i of the chunk, in the
 // columns of the snapshot's relation, matched by name (the stream's
 // relation may differ after a schema change).
-func (ch *chunk) fold(i int, c pgcourier.Change) {
+func (ch *chunk) fold(i int, c pgcourier.Change, relayed bool) {
 	t := ch.table
+	if !sameNames(c.Rel, t.rel) {
+		t.stale, ch.touched = true, true
+		return
+	}
+	ch.foreign[i] = relayed
 	row, seen := ch.folded[i]
 	if !seen {
 		row = ch.rows[i]
@@ -467,16 +515,13 @@ func (ch *chunk) fold(i int, c pgcourier.Change) {
 	for j, col := range t.rel.Columns {
 		k := slices.IndexFunc(c.Rel.Columns, func(cc pgcourier.Column) bool { return cc.Name == col.Name })
 		switch {
-		case k >= 0 && c.New[k].Kind != pgcourier.Unchanged:
+		case c.New[k].Kind != pgcourier.Unchanged:
 			next[j] = c.New[k]
-		case row != nil && c.Op == pgcourier.OpUpdate:
-			next[j] = row[j] // left out as unchanged, or no longer in the stream's relation
-			partial = partial || k >= 0
-		case k >= 0:
+		case row != nil:
+			next[j], partial = row[j], true
+		default:
 			ch.touched = true // values left out of a row deleted before: start over
 			return
-		default:
-			next[j] = pgcourier.Value{Kind: pgcourier.Null}
 		}
 	}
 	ch.folded[i] = next
@@ -484,6 +529,20 @@ func (ch *chunk) fold(i int, c pgcourier.Change) {
 }
 
 func unchangedValue(v pgcourier.Value) bool { return v.Kind == pgcourier.Unchanged }
+
+// sameNames reports whether a and b have columns of the same names, in any
+// order.
+func sameNames(a, b *pgcourier.Relation) bool {
+	if len(a.Columns) != len(b.Columns) {
+		return false
+	}
+	for _, c := range a.Columns {
+		if !slices.ContainsFunc(b.Columns, func(d pgcourier.Column) bool { return d.Name == c.Name }) {
+			return false
+		}
+	}
+	return true
+}
 
 // keyOf returns the chunk key of a streamed row image, matching columns by
 // name (the stream's relation may differ from the snapshot's after a schema
@@ -535,7 +594,7 @@ func (sn *snapshotter) marker(m string, commit pgcourier.Transaction) (tx *pgcou
 	for i, row := range ch.rows {
 		switch {
 		case !ch.dropped[i]:
-		case ch.partial[i] && ch.folded[i] != nil:
+		case ch.partial[i] && ch.folded[i] != nil && !ch.foreign[i]:
 			row = ch.folded[i]
 		default:
 			continue

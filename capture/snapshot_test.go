@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -354,8 +355,15 @@ func TestSnapshotSkipsRelayedRows(t *testing.T) {
 // it: the row must come from the snapshot after the edit. Replaying the
 // outbox as an upstream would must rebuild the table exactly, and the
 // snapshot must not read a chunk again for such edits (under steady edits
-// it would never finish).
+// it would never finish). Midway, the table may gain a column that the
+// edits then set: the snapshot describes the table again.
 func TestSnapshotToast(t *testing.T) {
+	for _, alter := range []bool{false, true} {
+		t.Run(fmt.Sprintf("column added %t", alter), func(t *testing.T) { testSnapshotToast(t, alter) })
+	}
+}
+
+func testSnapshotToast(t *testing.T, alter bool) {
 	c := pgtest.Start(t)
 	c.Exec(t, `CREATE TABLE visit (id bigint PRIMARY KEY, v text, form text)`)
 	c.Exec(t, `ALTER TABLE visit ALTER form SET STORAGE EXTERNAL`)
@@ -369,6 +377,7 @@ func TestSnapshotToast(t *testing.T) {
 	runCapture(t, opts)
 
 	stop := make(chan struct{})
+	var added atomic.Bool
 	var g errgroup.Group
 	for range 4 {
 		g.Go(func() error {
@@ -383,7 +392,11 @@ func TestSnapshotToast(t *testing.T) {
 					return nil
 				default:
 				}
-				if _, err := conn.Exec(context.Background(), fmt.Sprintf(`UPDATE visit SET v = v || '+' WHERE id = %d`, rand.IntN(6000))); err != nil {
+				q := `UPDATE visit SET v = v || '+' WHERE id = $1`
+				if added.Load() {
+					q = `UPDATE visit SET v = v || '+', n = id % 5 WHERE id = $1`
+				}
+				if _, err := conn.Exec(context.Background(), q, rand.IntN(6000)); err != nil {
 					return err
 				}
 			}
@@ -398,49 +411,87 @@ func TestSnapshotToast(t *testing.T) {
 		return g.Wait()
 	}
 	t.Cleanup(func() { stopEditing() }) //nolint:errcheck // a failed test stops them too
+
 	conn := c.Connect(t)
+	if alter {
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			var done int64
+			if err := conn.QueryRow(context.Background(), `SELECT coalesce(sum(rows_done), 0) FROM pgcourier.snapshot_progress`).Scan(&done); err != nil {
+				t.Fatal(err)
+			}
+			if done >= 2000 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the snapshot did not reach 2,000 rows in 60 s")
+			}
+		}
+		c.Exec(t, `ALTER TABLE visit ADD COLUMN n int DEFAULT 7`)
+		added.Store(true)
+	}
 	snapshotDone(t, conn)
 	if err := stopEditing(); err != nil {
 		t.Fatal(err)
 	}
 	waitCaughtUp(t, c, conn)
-	if n := strings.Count(logs.String(), "reading it again"); n > 0 {
-		t.Errorf("the snapshot read %d chunks again", n)
+	if n := strings.Count(logs.String(), "reading it again"); n > 1 {
+		t.Errorf("the snapshot read %d chunks again", n) // once for the new column at most
 	}
 
-	// Replay as an upstream applies: an update that leaves a value out
-	// keeps the stored one, and cannot recreate a missing row.
-	rows := map[string][]string{}
+	// Replay as an upstream with the same columns applies: an update that
+	// leaves a value out keeps the stored one and cannot recreate a
+	// missing row; a column a change does not know keeps its stored value,
+	// or takes its default.
+	rows := map[string]map[string]string{}
 	var unapplied int
 	for _, ch := range changes(outboxBatches(t, conn)) {
 		if ch.Rel.Name != "visit" {
 			continue
 		}
-		key := func(vs []pgcourier.Value) string { return vs[0].Text }
+		img := func(vs []pgcourier.Value) map[string]pgcourier.Value {
+			m := map[string]pgcourier.Value{}
+			for i, col := range ch.Rel.Columns {
+				m[col.Name] = vs[i]
+			}
+			return m
+		}
 		switch ch.Op {
-		case pgcourier.OpInsert:
-			rows[key(ch.New)] = []string{ch.New[0].Text, ch.New[1].Text, ch.New[2].Text}
-		case pgcourier.OpUpdate:
-			stored, ok := rows[key(ch.New)]
-			if !ok && ch.New[2].Kind == pgcourier.Unchanged {
+		case pgcourier.OpInsert, pgcourier.OpUpdate:
+			in := img(ch.New)
+			key := in["id"].Text
+			stored, ok := rows[key]
+			if !ok && slices.ContainsFunc(ch.New, func(v pgcourier.Value) bool { return v.Kind == pgcourier.Unchanged }) {
 				unapplied++
 				continue
 			}
-			row := []string{ch.New[0].Text, ch.New[1].Text, ch.New[2].Text}
-			if ch.New[2].Kind == pgcourier.Unchanged {
-				row[2] = stored[2]
+			row := map[string]string{"n": "7"}
+			for k, v := range stored {
+				row[k] = v
 			}
-			rows[key(ch.New)] = row
+			for k, v := range in {
+				if v.Kind != pgcourier.Unchanged {
+					row[k] = v.Text
+				}
+			}
+			rows[key] = row
 		case pgcourier.OpDelete:
-			delete(rows, key(ch.Old))
+			delete(rows, img(ch.Old)["id"].Text)
 		}
 	}
 	var got []string
 	for _, r := range rows {
-		got = append(got, fmt.Sprintf("id=%s,v=%s,form=%d", r[0], r[1], len(r[2])))
+		n := "7"
+		if alter {
+			n = r["n"]
+		}
+		got = append(got, fmt.Sprintf("id=%s,v=%s,form=%d,n=%s", r["id"], r["v"], len(r["form"]), n))
 	}
 	sort.Strings(got)
-	res, err := conn.Query(context.Background(), `SELECT format('id=%s,v=%s,form=%s', id, v, length(form)) FROM visit`)
+	q := `SELECT format('id=%s,v=%s,form=%s,n=7', id, v, length(form)) FROM visit`
+	if alter {
+		q = `SELECT format('id=%s,v=%s,form=%s,n=%s', id, v, length(form), n) FROM visit`
+	}
+	res, err := conn.Query(context.Background(), q)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,24 +504,6 @@ func TestSnapshotToast(t *testing.T) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("replaying the outbox gives %d rows, the table holds %d; first differences:\n%s", len(got), len(want), firstDiff(got, want))
 	}
-}
-
-// lockedLog is a log destination safe for concurrent writes.
-type lockedLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // TestSnapshotBesideIdleTransaction copies a table while another session
@@ -499,4 +532,22 @@ func TestSnapshotBesideIdleTransaction(t *testing.T) {
 	if got, want := replay(t, conn, "visit"), tableRows(t, conn, "visit"); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("replaying the outbox gives %d rows, the table holds %d", len(got), len(want))
 	}
+}
+
+// lockedLog is a log destination safe for concurrent writes.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
