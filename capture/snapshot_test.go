@@ -8,7 +8,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -372,7 +371,7 @@ func testSnapshotToast(t *testing.T, alter bool) {
 	prepare(t, c, allPublic)
 	opts := testOptions(c, allPublic)
 	opts.SnapshotChunkRows = 300
-	var logs lockedLog
+	var logs syncBuffer
 	opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	runCapture(t, opts)
 
@@ -521,7 +520,7 @@ func TestSnapshotBesideIdleTransaction(t *testing.T) {
 	}
 	opts := testOptions(c, allPublic)
 	opts.SnapshotChunkRows = 500
-	var logs lockedLog
+	var logs syncBuffer
 	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	runCapture(t, opts)
 	conn := c.Connect(t)
@@ -532,22 +531,4 @@ func TestSnapshotBesideIdleTransaction(t *testing.T) {
 	if got, want := replay(t, conn, "visit"), tableRows(t, conn, "visit"); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("replaying the outbox gives %d rows, the table holds %d", len(got), len(want))
 	}
-}
-
-// lockedLog is a log destination safe for concurrent writes.
-type lockedLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
