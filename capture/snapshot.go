@@ -59,9 +59,6 @@ type snapTable struct {
 	// the row's last writer was local (only those rows are this node's).
 	originFlag bool
 	first      string // the chunk query for the first chunk
-	// stale: a change showed columns other than rel's; describe the
-	// table again before the next chunk.
-	stale bool
 }
 
 // chunk is a snapshot chunk between its watermarks.
@@ -244,24 +241,6 @@ func (sn *snapshotter) idle() bool { return sn.cur == nil && len(sn.queue) > 0 }
 // watermarks.
 func (sn *snapshotter) start(ctx context.Context) error {
 	t := sn.queue[0]
-	if t.stale {
-		var before []string
-		for _, k := range t.keyCols {
-			before = append(before, t.rel.Columns[k].Name)
-		}
-		if err := sn.describe(ctx, t); err != nil {
-			return err
-		}
-		t.stale = false
-		var after []string
-		for _, k := range t.keyCols {
-			after = append(after, t.rel.Columns[k].Name)
-		}
-		if !slices.Equal(before, after) {
-			sn.log.Warn("snapshot: the table's key changed; copying it again from the start", "table", t.name)
-			t.lastKey = nil
-		}
-	}
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
@@ -273,6 +252,24 @@ func (sn *snapshotter) start(ctx context.Context) error {
 	}
 	if err := sn.settle(ctx); err != nil {
 		return err
+	}
+	// The table as it is now, after the low mark: a column added before
+	// the mark would be missing from the chunk, and from the upstream row
+	// if a change that set it came before the mark.
+	var before []string
+	for _, k := range t.keyCols {
+		before = append(before, t.rel.Columns[k].Name)
+	}
+	if err := sn.describe(ctx, t); err != nil {
+		return err
+	}
+	var after []string
+	for _, k := range t.keyCols {
+		after = append(after, t.rel.Columns[k].Name)
+	}
+	if !slices.Equal(before, after) {
+		sn.log.Warn("snapshot: the table's key changed; copying it again from the start", "table", t.name)
+		t.lastKey = nil
 	}
 	query, args := t.first, []any{}
 	if t.lastKey != nil && len(t.keyCols) > 0 {
@@ -438,8 +435,8 @@ func rowKey(row []pgcourier.Value, keyCols []int) string {
 // read again when a keyless table changed or was truncated, when one
 // change moved a row between two keys of the chunk, when values were left
 // out of a row that moved to another key or was deleted before, and when a
-// change showed other columns than the snapshot's (after describing the
-// table again).
+// change showed other columns than the chunk's (every chunk describes the
+// table afresh).
 func (sn *snapshotter) observe(tx *pgcourier.Transaction, relayed bool) {
 	ch := sn.cur
 	if ch == nil || !ch.lowSeen {
@@ -487,7 +484,7 @@ func (sn *snapshotter) observe(tx *pgcourier.Transaction, relayed bool) {
 func (ch *chunk) fold(i int, c pgcourier.Change, relayed bool) {
 	t := ch.table
 	if !sameNames(c.Rel, t.rel) {
-		t.stale, ch.touched = true, true
+		ch.touched = true // read with the table's columns as they are now (start describes it)
 		return
 	}
 	ch.foreign[i] = relayed
