@@ -67,8 +67,7 @@ func TestSnapshotFold(t *testing.T) {
 			sn := &snapshotter{queue: []*snapTable{tb}, log: slog.New(slog.DiscardHandler)}
 			rows := [][]pgcourier.Value{val("1", "a", "big"), val("3", "c", "big3")}
 			sn.cur = &chunk{id: "c1", table: tb, lowSeen: true, rows: rows,
-				byKey: map[string]int{rowKey(rows[0], tb.keyCols): 0, rowKey(rows[1], tb.keyCols): 1}, dropped: map[int]bool{},
-				folded: map[int][]pgcourier.Value{}, partial: map[int]bool{}, foreign: map[int]bool{}}
+				byKey: map[string]int{rowKey(rows[0], tb.keyCols): 0, rowKey(rows[1], tb.keyCols): 1}, hits: map[int]*hit{}}
 			for i, ch := range tt.changes {
 				sn.observe(&pgcourier.Transaction{Changes: []pgcourier.Change{ch}}, i < len(tt.relayed) && tt.relayed[i])
 			}

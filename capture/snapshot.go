@@ -68,17 +68,27 @@ type chunk struct {
 	lowSeen bool
 	rows    [][]pgcourier.Value
 	byKey   map[string]int // key → index in rows
-	dropped map[int]bool   // rows whose key changed between the marks
-	// folded holds, for every row a change between the marks hit, the row
-	// as those changes left it: nil once deleted or moved to another key;
-	// see observe.
-	folded  map[int][]pgcourier.Value
-	partial map[int]bool // an update left values of the row out: carry it from folded
-	foreign map[int]bool // the row's last change was relayed: not this node's to carry
-	touched bool         // read it again: see observe
-	last    bool         // the table has no rows after this chunk
-	bytes   int          // size of the rows' values
+	hits    map[int]*hit   // rows a change between the marks hit; see observe
+	touched bool           // read it again: see observe
+	last    bool           // the table has no rows after this chunk
+	bytes   int            // size of the rows' values
 	lastKey []string
+}
+
+// keyNames returns the names of the table's chunking key columns.
+func (t *snapTable) keyNames() []string {
+	var names []string
+	for _, k := range t.keyCols {
+		names = append(names, t.rel.Columns[k].Name)
+	}
+	return names
+}
+
+// hit is a row of a chunk that changes between its marks hit.
+type hit struct {
+	row     []pgcourier.Value // as those changes left it: nil once deleted or moved to another key
+	partial bool              // an update left values of it out: the chunk carries row
+	foreign bool              // its last change was relayed: not this node's to carry
 }
 
 // snapProgress is a chunk's progress, recorded with the batch that holds it.
@@ -245,8 +255,7 @@ func (sn *snapshotter) start(ctx context.Context) error {
 	if _, err := rand.Read(b[:]); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
-	ch := &chunk{id: hex.EncodeToString(b[:]), table: t, byKey: map[string]int{}, dropped: map[int]bool{},
-		folded: map[int][]pgcourier.Value{}, partial: map[int]bool{}, foreign: map[int]bool{}}
+	ch := &chunk{id: hex.EncodeToString(b[:]), table: t, byKey: map[string]int{}, hits: map[int]*hit{}}
 	if err := sn.mark(ctx, "low", ch.id); err != nil {
 		return err
 	}
@@ -256,18 +265,11 @@ func (sn *snapshotter) start(ctx context.Context) error {
 	// The table as it is now, after the low mark: a column added before
 	// the mark would be missing from the chunk, and from the upstream row
 	// if a change that set it came before the mark.
-	var before []string
-	for _, k := range t.keyCols {
-		before = append(before, t.rel.Columns[k].Name)
-	}
+	before := t.keyNames()
 	if err := sn.describe(ctx, t); err != nil {
 		return err
 	}
-	var after []string
-	for _, k := range t.keyCols {
-		after = append(after, t.rel.Columns[k].Name)
-	}
-	if !slices.Equal(before, after) {
+	if !slices.Equal(before, t.keyNames()) {
 		sn.log.Warn("snapshot: the table's key changed; copying it again from the start", "table", t.name)
 		t.lastKey = nil
 	}
@@ -451,30 +453,29 @@ func (sn *snapshotter) observe(tx *pgcourier.Transaction, relayed bool) {
 			ch.touched = true
 			continue
 		}
-		hit := -1
+		at := -1
 		for _, img := range [][]pgcourier.Value{c.New, c.Old} {
 			if img == nil {
 				continue
 			}
 			if k, ok := keyOf(c.Rel, img, t); ok {
 				if i, ok := ch.byKey[k]; ok {
-					ch.dropped[i] = true
-					if hit >= 0 && hit != i {
-						hit = -2 // a row moved from one key of the chunk to another
-					} else if hit != -2 {
-						hit = i
+					if at >= 0 && at != i {
+						at = -2 // a row moved from one key of the chunk to another
+					} else if at != -2 {
+						at = i
 					}
 				}
 			}
 		}
-		if hit == -1 {
+		if at == -1 {
 			continue
 		}
-		if hit < 0 {
+		if at < 0 {
 			ch.touched = true
 			continue
 		}
-		ch.fold(hit, c, relayed)
+		ch.fold(at, c, relayed)
 	}
 }
 
@@ -487,13 +488,14 @@ func (ch *chunk) fold(i int, c pgcourier.Change, relayed bool) {
 		ch.touched = true // read with the table's columns as they are now (start describes it)
 		return
 	}
-	ch.foreign[i] = relayed
-	row, seen := ch.folded[i]
-	if !seen {
-		row = ch.rows[i]
+	h := ch.hits[i]
+	if h == nil {
+		h = &hit{row: ch.rows[i]}
+		ch.hits[i] = h
 	}
+	h.foreign = relayed
 	if c.Op == pgcourier.OpDelete {
-		ch.folded[i] = nil
+		h.row = nil
 		return
 	}
 	if c.Op == pgcourier.OpUpdate && c.Old != nil {
@@ -502,7 +504,7 @@ func (ch *chunk) fold(i int, c pgcourier.Change, relayed bool) {
 		if !ok1 || !ok2 || oldKey != newKey {
 			// Moved to another key. With every value sent, the stream
 			// carries the row whole; with some left out, start over.
-			ch.folded[i] = nil
+			h.row = nil
 			ch.touched = ch.touched || slices.ContainsFunc(c.New, unchangedValue)
 			return
 		}
@@ -514,15 +516,15 @@ func (ch *chunk) fold(i int, c pgcourier.Change, relayed bool) {
 		switch {
 		case c.New[k].Kind != pgcourier.Unchanged:
 			next[j] = c.New[k]
-		case row != nil:
-			next[j], partial = row[j], true
+		case h.row != nil:
+			next[j], partial = h.row[j], true
 		default:
 			ch.touched = true // values left out of a row deleted before: start over
 			return
 		}
 	}
-	ch.folded[i] = next
-	ch.partial[i] = ch.partial[i] || partial
+	h.row = next
+	h.partial = h.partial || partial
 }
 
 func unchangedValue(v pgcourier.Value) bool { return v.Kind == pgcourier.Unchanged }
@@ -589,12 +591,13 @@ func (sn *snapshotter) marker(m string, commit pgcourier.Transaction) (tx *pgcou
 	}
 	out := &pgcourier.Transaction{CommitLSN: commit.CommitLSN, CommitTime: commit.CommitTime}
 	for i, row := range ch.rows {
-		switch {
-		case !ch.dropped[i]:
-		case ch.partial[i] && ch.folded[i] != nil && !ch.foreign[i]:
-			row = ch.folded[i]
-		default:
-			continue
+		// A row a change hit is in the stream before the chunk, unless
+		// the chunk has to carry it (see observe).
+		if h, ok := ch.hits[i]; ok {
+			if !h.partial || h.row == nil || h.foreign {
+				continue
+			}
+			row = h.row
 		}
 		out.Changes = append(out.Changes, pgcourier.Change{Rel: t.rel, Op: pgcourier.OpInsert, New: row})
 	}
