@@ -276,8 +276,7 @@ type stream struct {
 	flushAt      time.Time
 	progress     []snapProgress // snapshot progress to record with the pending batch
 
-	snap   *snapshotter
-	behind int64 // bytes of WAL the server has that the stream has not reached
+	snap *snapshotter
 
 	processed  pgcourier.LSN // end of the last commit handled (pending or skipped)
 	durable    pgcourier.LSN // confirmed to the slot: everything before it is in the outbox
@@ -320,10 +319,11 @@ func (s *stream) run(ctx context.Context) error {
 	defer stop()
 	defer s.repl.Conn().SetReadDeadline(time.Time{}) //nolint:errcheck // the session ends; best effort for the shutdown status
 	for {
-		// A chunk waits for its high watermark to come through the stream,
-		// and every change between its marks costs it rows: read chunks only
-		// while the stream is nearly caught up.
-		if s.snap.idle() && s.behind < snapshotMaxLag {
+		// A chunk is read as soon as none is in flight, however far behind
+		// the stream is (a logical walsender sends its read position as
+		// the WAL end, so the stream cannot tell): it waits in memory, at
+		// most a chunk's rows, for its high watermark to come through.
+		if s.snap.idle() {
 			if err := s.snap.start(ctx); err != nil {
 				return err
 			}
@@ -417,7 +417,6 @@ func (s *stream) copyData(ctx context.Context, data []byte) error {
 			s.durable = pgcourier.LSN(ka.ServerWALEnd)
 			s.processed = s.durable
 		}
-		s.behind = 0
 		if ka.ReplyRequested {
 			return s.sendStatus(ctx)
 		}
@@ -426,7 +425,6 @@ func (s *stream) copyData(ctx context.Context, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("replication stream: %w", err)
 		}
-		s.behind = int64(xld.ServerWALEnd) - int64(xld.WALStart)
 		msg, err := pglogrepl.Parse(xld.WALData)
 		if err != nil {
 			return fmt.Errorf("replication stream: %w", err)

@@ -38,10 +38,6 @@ const snapshotPrefix = "pgcourier.snapshot"
 // DefaultSnapshotChunkRows is the most rows one snapshot chunk reads.
 const DefaultSnapshotChunkRows = 10000
 
-// snapshotMaxLag is how far behind the server's WAL the stream may be when
-// a snapshot chunk is read.
-const snapshotMaxLag = 4 << 20
-
 // snapshotChunkBytes bounds a chunk's size, whatever the row width; it
 // stays below DefaultMaxBatchBytes.
 const snapshotChunkBytes = 4 << 20
