@@ -170,7 +170,7 @@ func TestCapturePartsKill9(t *testing.T) {
 	c.Exec(t, `INSERT INTO item SELECT g, 'big' FROM generate_series(40002, 80001) g`)
 	c.Exec(t, `INSERT INTO item VALUES (80002, 'small')`)
 
-	child := startChild(t, childEnv+"="+c.URL(), partEnv+"=1000")
+	child := startChild(t, childEnv+"="+c.URL(), partEnv+"=200")
 	conn := c.Connect(t)
 	ctx := context.Background()
 	kills, midway := 0, 0
@@ -189,7 +189,9 @@ func TestCapturePartsKill9(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 			continue
 		}
-		time.Sleep(time.Duration(rand.IntN(100)) * time.Millisecond)
+		// Small parts and a short wait: the kill mostly lands while a
+		// transaction is half written, but at a random point of it.
+		time.Sleep(time.Duration(rand.IntN(30)) * time.Millisecond)
 		if err := child.restart(true); err != nil {
 			t.Fatal(err)
 		}
