@@ -528,10 +528,19 @@ func (s *stream) commit(ctx context.Context, t *committed) error {
 // flush writes the pending transactions to the outbox as one batch and
 // confirms them to the slot.
 func (s *stream) flush(ctx context.Context) error {
+	start := time.Now()
 	if err := s.ob.append(ctx, &pgcourier.Batch{Transactions: s.pending}, s.progress); err != nil {
 		return err
 	}
-	s.c.log.Debug("batch captured", "seq", s.ob.nextSeq-1, "transactions", len(s.pending), "rows", s.pendingRows, "lsn", s.processed)
+	if s.c.log.Enabled(ctx, slog.LevelDebug) {
+		// The ages of its first and last commits (by the server's clock)
+		// say how long the batch gathered and how far behind the stream
+		// capture was.
+		s.c.log.Debug("batch captured", "seq", s.ob.nextSeq-1, "transactions", len(s.pending), "rows", s.pendingRows, "lsn", s.processed,
+			"oldest", start.Sub(s.pending[0].CommitTime).Round(time.Millisecond),
+			"newest", start.Sub(s.pending[len(s.pending)-1].CommitTime).Round(time.Millisecond),
+			"took", time.Since(start).Round(10*time.Microsecond))
+	}
 	s.pending, s.pendingRows, s.pendingBytes, s.progress = nil, 0, 0, nil
 	s.durable = s.processed
 	if s.c.opts.Appended != nil {

@@ -241,6 +241,7 @@ func (c *Client) Deliver(ctx context.Context, parcels []pgcourier.Parcel) ([]pgc
 	if c.enc != encodingIdentity {
 		req.Header.Set("Content-Encoding", c.enc)
 	}
+	start := time.Now()
 	resp, err := c.retrying(uploadTimeout(c.rc.HTTPClient.Timeout, len(body))).Do(req)
 	if err != nil {
 		if resp != nil {
@@ -254,7 +255,7 @@ func (c *Client) Deliver(ctx context.Context, parcels []pgcourier.Parcel) ([]pgc
 		return nil, fmt.Errorf("upload to %s: read the answer: %w", c.base, err)
 	}
 	c.log.Debug("upload", "source", first.Source, "seq", first.Seq, "batches", len(parcels),
-		"bytes", len(body), "status", resp.StatusCode)
+		"bytes", len(body), "status", resp.StatusCode, "took", time.Since(start).Round(10*time.Microsecond))
 	switch resp.StatusCode {
 	case http.StatusOK, http.StatusConflict, http.StatusUnprocessableEntity, http.StatusLocked:
 		receipts, err := parseReceipts(parcels, data)
