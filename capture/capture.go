@@ -457,13 +457,19 @@ func (s *stream) part(ctx context.Context, t *committed) error {
 	if t.skipped {
 		return nil // relayed data: observed, and not kept
 	}
+	// A snapshot that starts over records so with the part holding the
+	// update that made it (see moved).
+	restarts, err := s.snap.moved(ctx, &t.tx)
+	if err != nil {
+		return err
+	}
 	if len(s.pending) > 0 {
 		if err := s.flush(ctx); err != nil {
 			return err
 		}
 	}
 	b := &pgcourier.Batch{Transactions: []pgcourier.Transaction{t.tx}, Continued: true}
-	if err := s.ob.append(ctx, b, nil); err != nil {
+	if err := s.ob.append(ctx, b, restarts); err != nil {
 		return err
 	}
 	s.c.log.Debug("part of a large transaction captured", "seq", b.Seq, "rows", len(t.tx.Changes),
@@ -507,6 +513,15 @@ func (s *stream) commit(ctx context.Context, t *committed) error {
 	}
 	if prog != nil {
 		s.progress = append(s.progress, *prog)
+	}
+	if !t.skipped {
+		// A snapshot that starts over records so with the batch that
+		// holds the update that made it (see moved).
+		restarts, err := s.snap.moved(ctx, &t.tx)
+		if err != nil {
+			return err
+		}
+		s.progress = append(s.progress, restarts...)
 	}
 	s.processed = t.endLSN
 	if len(s.pending) == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	pgcourier "github.com/pgcourier/pgcourier"
 )
@@ -47,6 +49,7 @@ type snapTable struct {
 	name     string // quoted schema.table
 	rel      *pgcourier.Relation
 	keyCols  []int    // indexes into rel.Columns of the chunking key; none for a keyless table
+	keyColls []string // the key columns' collations, qualified, "" if none
 	lastKey  []string // key of the last row in the outbox; nil before the first chunk
 	rowsDone int64
 	estimate int64
@@ -159,7 +162,8 @@ func (sn *snapshotter) close(ctx context.Context) {
 
 // describe reads the table's columns as pgoutput sends them (no dropped or
 // generated columns; key flags from the replica identity) and builds the
-// chunk queries, ordered by the primary key or else the identity index.
+// chunk queries, ordered by the replica identity's index if it has one (an
+// update's old key comes in its columns), else by the primary key.
 func (sn *snapshotter) describe(ctx context.Context, t *snapTable) error {
 	rows, err := sn.conn.Query(ctx, `
 		WITH c AS (SELECT oid, relnamespace, relname, relreplident, relkind FROM pg_class WHERE oid = $1::regclass),
@@ -167,12 +171,15 @@ func (sn *snapshotter) describe(ctx context.Context, t *snapTable) error {
 		                WHERE i.indrelid = c.oid AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))),
 		     chunkkey AS (SELECT i.indkey::int2[] AS k FROM pg_index i, c
 		                   WHERE i.indrelid = c.oid AND (i.indisprimary OR (c.relreplident = 'i' AND i.indisreplident))
-		                   ORDER BY i.indisprimary DESC LIMIT 1)
+		                   ORDER BY (c.relreplident = 'i' AND i.indisreplident) DESC LIMIT 1)
 		SELECT n.nspname, c.relname, c.relkind = 'p', a.attname, format_type(a.atttypid, a.atttypmod),
 		       c.relreplident = 'f' OR a.attnum = ANY (coalesce((SELECT k FROM ident), '{}')),
-		       coalesce((SELECT o FROM chunkkey, unnest(k) WITH ORDINALITY u(att, o) WHERE att = a.attnum), 0)
+		       coalesce((SELECT o FROM chunkkey, unnest(k) WITH ORDINALITY u(att, o) WHERE att = a.attnum), 0),
+		       CASE WHEN co.oid IS NULL THEN '' ELSE format('%I.%I', cn.nspname, co.collname) END
 		  FROM c JOIN pg_namespace n ON n.oid = c.relnamespace
 		  JOIN pg_attribute a ON a.attrelid = c.oid
+		  LEFT JOIN pg_collation co ON co.oid = a.attcollation
+		  LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
 		 WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 		 ORDER BY a.attnum`, t.name)
 	if err != nil {
@@ -182,16 +189,19 @@ func (sn *snapshotter) describe(ctx context.Context, t *snapTable) error {
 	rel := &pgcourier.Relation{}
 	var partitioned bool
 	keyPos := map[int]int{} // position in the chunk key → column index
+	var colls []string
 	for rows.Next() {
 		var col pgcourier.Column
 		var pos int
-		if err := rows.Scan(&rel.Schema, &rel.Name, &partitioned, &col.Name, &col.Type, &col.Key, &pos); err != nil {
+		var coll string
+		if err := rows.Scan(&rel.Schema, &rel.Name, &partitioned, &col.Name, &col.Type, &col.Key, &pos, &coll); err != nil {
 			return fmt.Errorf("snapshot: describe %s: %w", t.name, err)
 		}
 		if pos > 0 {
 			keyPos[pos] = len(rel.Columns)
 		}
 		rel.Columns = append(rel.Columns, col)
+		colls = append(colls, coll)
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("snapshot: describe %s: %w", t.name, err)
@@ -200,9 +210,10 @@ func (sn *snapshotter) describe(ctx context.Context, t *snapTable) error {
 		return fmt.Errorf("snapshot: describe %s: no columns", t.name)
 	}
 	t.rel = rel
-	t.keyCols = nil
+	t.keyCols, t.keyColls = nil, nil
 	for i := 1; i <= len(keyPos); i++ {
 		t.keyCols = append(t.keyCols, keyPos[i])
+		t.keyColls = append(t.keyColls, colls[keyPos[i]])
 	}
 
 	var cols, keys, params []string
@@ -543,26 +554,117 @@ func sameNames(a, b *pgcourier.Relation) bool {
 // name (the stream's relation may differ from the snapshot's after a schema
 // change).
 func keyOf(rel *pgcourier.Relation, img []pgcourier.Value, t *snapTable) (string, bool) {
+	vals, ok := keyValues(rel, img, t)
+	if !ok {
+		return "", false
+	}
 	var b strings.Builder
-	for _, k := range t.keyCols {
-		name := t.rel.Columns[k].Name
-		found := false
-		for i, c := range rel.Columns {
-			if c.Name == name {
-				if img[i].Kind != pgcourier.Text {
-					return "", false
-				}
-				b.WriteString(img[i].Text)
-				b.WriteByte(0)
-				found = true
-				break
-			}
-		}
-		if !found {
-			return "", false
-		}
+	for _, v := range vals {
+		b.WriteString(v)
+		b.WriteByte(0)
 	}
 	return b.String(), true
+}
+
+// keyValues returns the texts of the chunk key's columns in a streamed row
+// image, matched by name, or false if one is missing or not text.
+func keyValues(rel *pgcourier.Relation, img []pgcourier.Value, t *snapTable) ([]string, bool) {
+	vals := make([]string, 0, len(t.keyCols))
+	for _, k := range t.keyCols {
+		i := slices.IndexFunc(rel.Columns, func(c pgcourier.Column) bool { return c.Name == t.rel.Columns[k].Name })
+		if i < 0 || img[i].Kind != pgcourier.Text {
+			return nil, false
+		}
+		vals = append(vals, img[i].Text)
+	}
+	return vals, true
+}
+
+// moved looks in tx, this node's own changes, for updates that move a row
+// of a table whose snapshot is under way from a key no chunk has read yet
+// to a key a chunk has passed, leaving a value out (unchanged TOAST).
+// Upstream has no row for such an update and cannot make one without the
+// value, and no later chunk reads the key the row moved to: the table's
+// snapshot starts over. moved returns the progress that records so, to be
+// written with the batch that holds tx, so that a crash cannot undo it.
+func (sn *snapshotter) moved(ctx context.Context, tx *pgcourier.Transaction) ([]snapProgress, error) {
+	var restarts []snapProgress
+	for _, c := range tx.Changes {
+		if c.Op != pgcourier.OpUpdate || c.Old == nil || !slices.ContainsFunc(c.New, unchangedValue) {
+			continue
+		}
+		i := slices.IndexFunc(sn.queue, func(t *snapTable) bool { return t.rel.Schema == c.Rel.Schema && t.rel.Name == c.Rel.Name })
+		if i < 0 {
+			continue
+		}
+		t := sn.queue[i]
+		// The last key in the outbox or, with a chunk of t in flight, the
+		// last key it read: it may have read before the update committed.
+		// (When it read after, the chunk holds the row and a restart is
+		// more than needed; a chunk does not know which it was.) A chunk
+		// to be read again starts after the last key in the outbox.
+		read := t.lastKey
+		if ch := sn.cur; ch != nil && ch.table == t && ch.lastKey != nil && !ch.touched {
+			read = ch.lastKey
+		}
+		if len(t.keyCols) == 0 || read == nil {
+			continue // a keyless table is read whole; a table not read yet has every key ahead
+		}
+		from, ok1 := keyValues(c.Rel, c.Old, t)
+		to, ok2 := keyValues(c.Rel, c.New, t)
+		if !ok1 || !ok2 || slices.Equal(from, to) {
+			continue
+		}
+		ahead, passed, err := sn.compareKeys(ctx, t, from, to, read)
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) {
+			// Say the key's type changed since describe: starting over is
+			// always safe.
+			sn.log.Debug("snapshot: keys not compared; starting over", "table", t.name, "err", err)
+			ahead, passed = true, true
+		} else if err != nil {
+			return nil, err
+		}
+		if !ahead || !passed {
+			continue
+		}
+		sn.log.Warn("snapshot: a row moved to a key already copied, with a value left out; copying the table again from the start",
+			"table", t.name, "rows_done", t.rowsDone)
+		t.lastKey, t.rowsDone = nil, 0
+		if ch := sn.cur; ch != nil && ch.table == t {
+			ch.touched = true // its progress would skip the keys again
+		}
+		restarts = append(restarts, snapProgress{table: t.name, estimate: t.estimate})
+	}
+	return restarts, nil
+}
+
+// compareKeys reports, in the order of t's chunking key, whether key from
+// lies past t's last key in the outbox (any key does before the first
+// chunk), and whether key to lies at or before read.
+func (sn *snapshotter) compareKeys(ctx context.Context, t *snapTable, from, to, read []string) (ahead, passed bool, err error) {
+	var args []any
+	row := func(vals []string) string {
+		var ps []string
+		for i, k := range t.keyCols {
+			args = append(args, vals[i])
+			p := fmt.Sprintf("$%d::text::%s", len(args), t.rel.Columns[k].Type)
+			if t.keyColls[i] != "" {
+				p += " COLLATE " + t.keyColls[i] // the order of the chunk query, which compares with the column
+			}
+			ps = append(ps, p)
+		}
+		return "(" + strings.Join(ps, ", ") + ")"
+	}
+	aheadSQL := "true"
+	if t.lastKey != nil {
+		aheadSQL = row(from) + " > " + row(t.lastKey)
+	}
+	passedSQL := row(to) + " <= " + row(read)
+	if err := sn.conn.QueryRow(ctx, "SELECT "+aheadSQL+", "+passedSQL, args...).Scan(&ahead, &passed); err != nil {
+		return false, false, fmt.Errorf("snapshot: compare keys of %s: %w", t.name, err)
+	}
+	return ahead, passed, nil
 }
 
 // marker handles a watermark reached by the stream. For a chunk's high mark

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -362,18 +361,36 @@ func TestSnapshotToast(t *testing.T) {
 	}
 }
 
-func testSnapshotToast(t *testing.T, alter bool) {
+// captureToastVisits starts capture, with chunks of chunkRows, of a table
+// visit of 6,000 rows (ids 0 to 5999) whose form is a 3,200-byte value
+// stored out of line, and returns the cluster and capture's log.
+func captureToastVisits(t *testing.T, chunkRows int) (*pgtest.Cluster, *syncBuffer) {
+	t.Helper()
+	return captureVisits(t, chunkRows, `CREATE TABLE visit (id bigint PRIMARY KEY, v text, form text)`,
+		`INSERT INTO visit SELECT g, 'v' || g, repeat(md5(g::text), 100) FROM generate_series(0, 5999) g`)
+}
+
+// captureVisits starts capture, with chunks of chunkRows, of the table
+// visit that create makes and fill fills, its column form stored out of
+// line, and returns the cluster and capture's log.
+func captureVisits(t *testing.T, chunkRows int, create, fill string) (*pgtest.Cluster, *syncBuffer) {
+	t.Helper()
 	c := pgtest.Start(t)
-	c.Exec(t, `CREATE TABLE visit (id bigint PRIMARY KEY, v text, form text)`)
+	c.Exec(t, create)
 	c.Exec(t, `ALTER TABLE visit ALTER form SET STORAGE EXTERNAL`)
-	c.Exec(t, `INSERT INTO visit SELECT g, 'v' || g, repeat(md5(g::text), 100) FROM generate_series(0, 5999) g`)
+	c.Exec(t, fill)
 	c.Exec(t, markerTable)
 	prepare(t, c, allPublic)
 	opts := testOptions(c, allPublic)
-	opts.SnapshotChunkRows = 300
-	var logs syncBuffer
-	opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	opts.SnapshotChunkRows = chunkRows
+	logs := &syncBuffer{}
+	opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	runCapture(t, opts)
+	return c, logs
+}
+
+func testSnapshotToast(t *testing.T, alter bool) {
+	c, logs := captureToastVisits(t, 300)
 
 	stop := make(chan struct{})
 	var added atomic.Bool
@@ -437,46 +454,9 @@ func testSnapshotToast(t *testing.T, alter bool) {
 		t.Errorf("the snapshot read %d chunks again", n) // once for the new column at most
 	}
 
-	// Replay as an upstream with the same columns applies: an update that
-	// leaves a value out keeps the stored one and cannot recreate a
-	// missing row; a column a change does not know keeps its stored value,
-	// or takes its default.
-	rows := map[string]map[string]string{}
-	var unapplied int
-	for _, ch := range changes(outboxBatches(t, conn)) {
-		if ch.Rel.Name != "visit" {
-			continue
-		}
-		img := func(vs []pgcourier.Value) map[string]pgcourier.Value {
-			m := map[string]pgcourier.Value{}
-			for i, col := range ch.Rel.Columns {
-				m[col.Name] = vs[i]
-			}
-			return m
-		}
-		switch ch.Op {
-		case pgcourier.OpInsert, pgcourier.OpUpdate:
-			in := img(ch.New)
-			key := in["id"].Text
-			stored, ok := rows[key]
-			if !ok && slices.ContainsFunc(ch.New, func(v pgcourier.Value) bool { return v.Kind == pgcourier.Unchanged }) {
-				unapplied++
-				continue
-			}
-			row := map[string]string{"n": "7"}
-			for k, v := range stored {
-				row[k] = v
-			}
-			for k, v := range in {
-				if v.Kind != pgcourier.Unchanged {
-					row[k] = v.Text
-				}
-			}
-			rows[key] = row
-		case pgcourier.OpDelete:
-			delete(rows, img(ch.Old)["id"].Text)
-		}
-	}
+	// Replay as an upstream with the same columns applies: a column a
+	// change does not know keeps its stored value, or takes its default.
+	rows, unapplied := replayUpstream(t, conn, "visit", "id", map[string]string{"n": "7"})
 	var got []string
 	for _, r := range rows {
 		n := "7"
