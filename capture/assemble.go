@@ -176,6 +176,16 @@ func (a *assembler) change(relID uint32, op pgcourier.Op, newTuple, oldTuple *pg
 		if ch.Old, err = a.values(rel, oldTuple); err != nil {
 			return err
 		}
+		// A value an update left unchanged is the old row's. Under
+		// REPLICA IDENTITY FULL the old row comes whole, and with its
+		// values the update can recreate a row upstream does not have;
+		// an old key alone has nulls in the other columns, not values.
+		for i, v := range ch.New {
+			if v.Kind == pgcourier.Unchanged && ch.Old[i].Kind == pgcourier.Text {
+				ch.New[i] = ch.Old[i]
+				a.txBytes += len(ch.Old[i].Text)
+			}
+		}
 	}
 	a.tx.Changes = append(a.tx.Changes, ch)
 	return nil

@@ -603,3 +603,32 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// TestCaptureToastFullIdentity: under REPLICA IDENTITY FULL the old row
+// comes whole, so an update that leaves a large value unchanged carries it
+// in the new row too; under the default identity it cannot, and the old
+// key's nulls must not take its place.
+func TestCaptureToastFullIdentity(t *testing.T) {
+	c := pgtest.Start(t)
+	c.Exec(t, `CREATE TABLE visit (id int PRIMARY KEY, weight int, notes text)`)
+	c.Exec(t, `CREATE TABLE consent (id int PRIMARY KEY, weight int, notes text)`)
+	c.Exec(t, `ALTER TABLE visit REPLICA IDENTITY FULL`)
+	prepare(t, c, allPublic)
+	runCapture(t, testOptions(c, allPublic))
+
+	for _, table := range []string{"visit", "consent"} {
+		c.Exec(t, `INSERT INTO `+table+` SELECT 1, 60, string_agg(md5(i::text), '') FROM generate_series(1, 32768) i`)
+		c.Exec(t, `UPDATE `+table+` SET weight = 61, id = 2 WHERE id = 1`)
+	}
+	got := waitChanges(t, c.Connect(t), 4)
+	notes := column(t, got[1].Rel, "notes")
+	if v := got[1].New[notes]; v.Kind != pgcourier.Text || len(v.Text) != 32768*32 {
+		t.Errorf("update under identity full: notes kind %c, %d bytes; want text of %d bytes", v.Kind, len(v.Text), 32768*32)
+	}
+	if v := got[3].New[notes]; v.Kind != pgcourier.Unchanged {
+		t.Errorf("update moving the key under the default identity: notes kind %c, want unchanged (%c)", v.Kind, pgcourier.Unchanged)
+	}
+	if got[3].Old == nil || got[3].Old[column(t, got[3].Rel, "id")] != pgcourier.TextValue("1") {
+		t.Errorf("update moving the key: old row %+v, want the old key 1", got[3].Old)
+	}
+}
