@@ -98,11 +98,12 @@ const shutdownTimeout = 5 * time.Second
 // before the next, which then takes everything that arrived meanwhile at
 // once. Under W1's flat-out single-row load a 1 ms pause took about a
 // tenth off capture's CPU and cut its lag p99 from 0.30–0.64 s to
-// 0.17–0.27 s (three runs each, alternating). 5 ms rather than 1 cut the
-// end-to-end flat-out lag p99 again, in six alternating pairs of W1 runs:
-// over REST 0.17–1.06 s (median 0.59 s) against 0.25–1.45 s (0.86 s), over
-// the postgres route 0.22–0.92 s against 0.42–1.56 s; it adds about 5 ms to
-// the lag at a steady 1,000 rows/s.
+// 0.17–0.27 s (three runs each, alternating). 5 ms rather than 1 lowered
+// the end-to-end flat-out lag p99 in five of six alternating pairs of W1
+// runs on each route: over REST 0.17–1.06 s (median 0.59 s) against
+// 0.25–1.45 s (0.86 s), over the postgres route 0.22–0.92 s (0.30 s)
+// against 0.42–1.56 s (0.67 s). It adds about 5 ms to the lag at a steady
+// 1,000 rows/s.
 const (
 	readWaited   = 200 * time.Microsecond
 	readCoalesce = 5 * time.Millisecond
@@ -457,8 +458,8 @@ func (s *stream) part(ctx context.Context, t *committed) error {
 	if t.skipped {
 		return nil // relayed data: observed, and not kept
 	}
-	// A snapshot that starts over records so with the part holding the
-	// update that made it (see moved).
+	// When an update in the part makes a snapshot start over, the
+	// restart is recorded with the part (see moved).
 	restarts, err := s.snap.moved(ctx, &t.tx)
 	if err != nil {
 		return err
@@ -514,9 +515,10 @@ func (s *stream) commit(ctx context.Context, t *committed) error {
 	if prog != nil {
 		s.progress = append(s.progress, *prog)
 	}
-	if !t.skipped {
-		// A snapshot that starts over records so with the batch that
-		// holds the update that made it (see moved).
+	if !t.skipped && t.tx.CommitLSN > s.ob.lastCommitLSN {
+		// When an update in the transaction makes a snapshot start over,
+		// the restart is recorded with the batch that holds it (see
+		// moved); a transaction the outbox holds already had its turn.
 		restarts, err := s.snap.moved(ctx, &t.tx)
 		if err != nil {
 			return err
@@ -549,8 +551,9 @@ func (s *stream) flush(ctx context.Context) error {
 	}
 	if s.c.log.Enabled(ctx, slog.LevelDebug) {
 		// The ages of its first and last commits (by the server's clock)
-		// say how long the batch gathered and how far behind the stream
-		// capture was.
+		// say how long the batch gathered and, at most, how far behind
+		// the stream capture was (a quiet moment before the batch closed
+		// counts too).
 		s.c.log.Debug("batch captured", "seq", s.ob.nextSeq-1, "transactions", len(s.pending), "rows", s.pendingRows, "lsn", s.processed,
 			"oldest", start.Sub(s.pending[0].CommitTime).Round(time.Millisecond),
 			"newest", start.Sub(s.pending[len(s.pending)-1].CommitTime).Round(time.Millisecond),
@@ -715,8 +718,8 @@ func recordProgress(ctx context.Context, tx pgx.Tx, slot string, progress []snap
 	for _, p := range progress {
 		_, err := tx.Exec(ctx, `
 			UPDATE pgcourier.snapshot_progress
-			   SET last_key = $3, rows_done = $4, done = $5, updated_at = now()
-			 WHERE slot = $1 AND table_name = $2`, slot, p.table, p.lastKey, p.rows, p.done)
+			   SET last_key = $3, key_columns = $4, rows_done = $5, done = $6, updated_at = now()
+			 WHERE slot = $1 AND table_name = $2`, slot, p.table, p.lastKey, p.keyNames, p.rows, p.done)
 		if err != nil {
 			return err
 		}

@@ -183,7 +183,7 @@ func scheduleSnapshots(ctx context.Context, conn *pgx.Conn, slot string, res *Se
 			INSERT INTO pgcourier.snapshot_progress (slot, table_name, done, rows_estimate)
 			VALUES ($1, $2::text, $3, (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $2::text::regclass))
 			ON CONFLICT (slot, table_name) DO UPDATE
-			   SET done = excluded.done, last_key = NULL, rows_done = 0, rows_estimate = excluded.rows_estimate,
+			   SET done = excluded.done, last_key = NULL, key_columns = NULL, rows_done = 0, rows_estimate = excluded.rows_estimate,
 			       started_at = now(), updated_at = now()
 			 WHERE $4`, slot, t.Ident(), done, res.SlotCreated)
 		if err != nil {

@@ -94,6 +94,7 @@ type hit struct {
 type snapProgress struct {
 	table    string
 	lastKey  []string
+	keyNames []string // the columns lastKey is in
 	rows     int64
 	done     bool
 	estimate int64
@@ -125,7 +126,7 @@ func newSnapshotter(ctx context.Context, url, slot string, chunkRows int, log *s
 	}
 	sn.conn = db
 	rows, err := db.Query(ctx, `
-		SELECT table_name, last_key, rows_done, rows_estimate
+		SELECT table_name, last_key, key_columns, rows_done, rows_estimate
 		  FROM pgcourier.snapshot_progress
 		 WHERE slot = $1 AND NOT done AND to_regclass(table_name) IS NOT NULL
 		 ORDER BY started_at, table_name`, slot)
@@ -133,14 +134,17 @@ func newSnapshotter(ctx context.Context, url, slot string, chunkRows int, log *s
 		sn.close(ctx)
 		return nil, fmt.Errorf("snapshot: read progress: %w", err)
 	}
+	saved := map[*snapTable][]string{} // the columns each last key is in
 	for rows.Next() {
 		t := &snapTable{}
-		if err := rows.Scan(&t.name, &t.lastKey, &t.rowsDone, &t.estimate); err != nil {
+		var names []string
+		if err := rows.Scan(&t.name, &t.lastKey, &names, &t.rowsDone, &t.estimate); err != nil {
 			rows.Close()
 			sn.close(ctx)
 			return nil, fmt.Errorf("snapshot: read progress: %w", err)
 		}
 		sn.queue = append(sn.queue, t)
+		saved[t] = names
 	}
 	if err := rows.Err(); err != nil {
 		sn.close(ctx)
@@ -148,6 +152,10 @@ func newSnapshotter(ctx context.Context, url, slot string, chunkRows int, log *s
 	}
 	for _, t := range sn.queue {
 		if err := sn.describe(ctx, t); err != nil {
+			sn.close(ctx)
+			return nil, err
+		}
+		if err := sn.checkKey(ctx, t, saved[t]); err != nil {
 			sn.close(ctx)
 			return nil, err
 		}
@@ -248,6 +256,35 @@ func (sn *snapshotter) describe(ctx context.Context, t *snapTable) error {
 	order := " ORDER BY " + strings.Join(keys, ", ") + fmt.Sprintf(" LIMIT %d", sn.chunkRows)
 	t.first = base + order
 	t.query = base + " WHERE (" + strings.Join(keys, ", ") + ") > (" + strings.Join(params, ", ") + ")" + order
+	return nil
+}
+
+// checkKey starts t's snapshot over when its last key is in other columns
+// than the chunking key's: resuming would skip rows. Progress without the
+// names (names nil) was written by a version that chunked by the primary
+// key, else by the replica identity's index.
+func (sn *snapshotter) checkKey(ctx context.Context, t *snapTable, names []string) error {
+	if t.lastKey == nil {
+		return nil
+	}
+	if names == nil {
+		err := sn.conn.QueryRow(ctx, `
+			SELECT array_agg(a.attname::text ORDER BY k.o)
+			  FROM (SELECT i.indrelid, i.indkey FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+			         WHERE i.indrelid = $1::regclass AND (i.indisprimary OR (c.relreplident = 'i' AND i.indisreplident))
+			         ORDER BY i.indisprimary DESC LIMIT 1) i
+			 CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY k(att, o)
+			  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.att`, t.name).Scan(&names)
+		if err != nil {
+			return fmt.Errorf("snapshot: read the key of %s: %w", t.name, err)
+		}
+	}
+	if slices.Equal(names, t.keyNames()) {
+		return nil
+	}
+	sn.log.Warn("snapshot: its progress is in another key than the table's; copying it again from the start",
+		"table", t.name, "progress_key", names, "key", t.keyNames())
+	t.lastKey, t.rowsDone = nil, 0
 	return nil
 }
 
@@ -598,13 +635,15 @@ func (sn *snapshotter) moved(ctx context.Context, tx *pgcourier.Transaction) ([]
 			continue
 		}
 		t := sn.queue[i]
-		// The last key in the outbox or, with a chunk of t in flight, the
-		// last key it read: it may have read before the update committed.
-		// (When it read after, the chunk holds the row and a restart is
-		// more than needed; a chunk does not know which it was.) A chunk
-		// to be read again starts after the last key in the outbox.
+		// The last key in the outbox or, once the stream is past the low
+		// watermark of a chunk of t in flight, the last key it read: the
+		// chunk may have read before the update committed. (When it read
+		// after, it holds the row and a restart is more than needed; a
+		// chunk does not know which it was.) Before its low watermark the
+		// update committed before the chunk read; a chunk to be read again
+		// starts after the last key in the outbox.
 		read := t.lastKey
-		if ch := sn.cur; ch != nil && ch.table == t && ch.lastKey != nil && !ch.touched {
+		if ch := sn.cur; ch != nil && ch.table == t && ch.lowSeen && ch.lastKey != nil && !ch.touched {
 			read = ch.lastKey
 		}
 		if len(t.keyCols) == 0 || read == nil {
@@ -615,21 +654,20 @@ func (sn *snapshotter) moved(ctx context.Context, tx *pgcourier.Transaction) ([]
 		if !ok1 || !ok2 || slices.Equal(from, to) {
 			continue
 		}
+		why := "a row moved to a key already copied, with a value left out"
 		ahead, passed, err := sn.compareKeys(ctx, t, from, to, read)
 		var pe *pgconn.PgError
-		if errors.As(err, &pe) {
-			// Say the key's type changed since describe: starting over is
-			// always safe.
-			sn.log.Debug("snapshot: keys not compared; starting over", "table", t.name, "err", err)
-			ahead, passed = true, true
+		if errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "42")) {
+			// The key's type or collation changed since describe, say:
+			// starting over is always safe.
+			why, ahead, passed = "a row's key moved and the keys could not be compared: "+err.Error(), true, true
 		} else if err != nil {
 			return nil, err
 		}
 		if !ahead || !passed {
 			continue
 		}
-		sn.log.Warn("snapshot: a row moved to a key already copied, with a value left out; copying the table again from the start",
-			"table", t.name, "rows_done", t.rowsDone)
+		sn.log.Warn("snapshot: copying the table again from the start", "table", t.name, "why", why, "rows_done", t.rowsDone)
 		t.lastKey, t.rowsDone = nil, 0
 		if ch := sn.cur; ch != nil && ch.table == t {
 			ch.touched = true // its progress would skip the keys again
@@ -703,7 +741,7 @@ func (sn *snapshotter) marker(m string, commit pgcourier.Transaction) (tx *pgcou
 	if ch.lastKey != nil {
 		t.lastKey = ch.lastKey
 	}
-	p = &snapProgress{table: t.name, lastKey: t.lastKey, rows: t.rowsDone, done: ch.last, estimate: t.estimate}
+	p = &snapProgress{table: t.name, lastKey: t.lastKey, keyNames: t.keyNames(), rows: t.rowsDone, done: ch.last, estimate: t.estimate}
 	if ch.last {
 		sn.queue = sn.queue[1:]
 		elapsed := time.Since(sn.started)
