@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -91,5 +92,45 @@ func TestRouteRefusesOldUpstream(t *testing.T) {
 	t.Cleanup(r.Close)
 	if _, err := r.Progress(t.Context(), "laptop-01"); err == nil || !strings.Contains(err.Error(), "pgcourier init") {
 		t.Errorf("Progress on an unprepared upstream = %v, want an error naming pgcourier init", err)
+	}
+}
+
+// TestRouteUpstreamSchema delivers through the postgres route into
+// upstreams at older schema versions: one with every migration the applier
+// uses is served, an older one refused with the fix, changing nothing.
+func TestRouteUpstreamSchema(t *testing.T) {
+	for _, tc := range []struct {
+		version int
+		ok      bool
+	}{{upstreamSchema, true}, {upstreamSchema - 1, false}} {
+		t.Run(fmt.Sprint(tc.version), func(t *testing.T) {
+			c := sinktest.Upstream(t)
+			// As if migrated only this far: Version reads the highest
+			// migration recorded.
+			c.Exec(t, `DELETE FROM pgcourier.schema_migrations WHERE version > $1`, tc.version)
+			cfg, err := pgx.ParseConfig(c.URL())
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := NewRoute(cfg, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(r.Close)
+			receipts, err := r.Deliver(t.Context(), []pgcourier.Parcel{sinktest.Encode(t, sinktest.Batch("laptop-01", 1, 1, 0))})
+			switch {
+			case tc.ok && (err != nil || len(receipts) != 1 || receipts[0].Outcome != pgcourier.Applied):
+				t.Errorf("Deliver at schema %d = %+v, %v; want applied", tc.version, receipts, err)
+			case !tc.ok && (err == nil || !strings.Contains(err.Error(), "pgcourier init")):
+				t.Errorf("Deliver at schema %d = %+v, %v; want an error naming pgcourier init", tc.version, receipts, err)
+			}
+			var applied int
+			if err := c.Connect(t).QueryRow(t.Context(), `SELECT count(*) FROM pgcourier.source_progress`).Scan(&applied); err != nil {
+				t.Fatal(err)
+			}
+			if want := map[bool]int{true: 1, false: 0}[tc.ok]; applied != want {
+				t.Errorf("upstream records progress of %d sources, want %d", applied, want)
+			}
+		})
 	}
 }

@@ -40,6 +40,12 @@ func NewRoute(cfg *pgx.ConnConfig, opts Options) (*Route, error) {
 	return &Route{cfg: cfg.Copy(), opts: opts}, nil
 }
 
+// upstreamSchema is the oldest pgcourier schema an upstream database may
+// have for this applier: the last migration that changed what the applier
+// reads or writes (0006, staged parts). A migration for capture alone does
+// not make every upstream upgrade before its laptops.
+const upstreamSchema = 6
+
 // writer returns the route's Writer, creating it when the upstream is
 // first reached.
 func (r *Route) writer(ctx context.Context) (*Writer, error) {
@@ -53,9 +59,9 @@ func (r *Route) writer(ctx context.Context) (*Writer, error) {
 		return nil, linkError(err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if v, err := schema.Version(ctx, conn); err != nil || v < schema.Latest() {
+	if v, err := schema.Version(ctx, conn); err != nil || v < upstreamSchema {
 		if err == nil {
-			err = fmt.Errorf("the upstream's pgcourier schema is at version %d, this pgcourier needs %d: run \"pgcourier init\" on the upstream node (with a pgcourier as new as this one)", v, schema.Latest())
+			err = fmt.Errorf("the upstream's pgcourier schema is at version %d, this pgcourier needs %d: run \"pgcourier init\" on the upstream node (with a pgcourier as new as this one)", v, upstreamSchema)
 		}
 		return nil, err
 	}
