@@ -515,10 +515,11 @@ func (s *stream) commit(ctx context.Context, t *committed) error {
 	if prog != nil {
 		s.progress = append(s.progress, *prog)
 	}
-	if !t.skipped && t.tx.CommitLSN > s.ob.lastCommitLSN {
+	if !t.skipped {
 		// When an update in the transaction makes a snapshot start over,
 		// the restart is recorded with the batch that holds it (see
-		// moved); a transaction the outbox holds already had its turn.
+		// moved). The changes of a transaction the outbox holds already
+		// were dropped on the way in: it does not restart one again.
 		restarts, err := s.snap.moved(ctx, &t.tx)
 		if err != nil {
 			return err
@@ -719,7 +720,7 @@ func recordProgress(ctx context.Context, tx pgx.Tx, slot string, progress []snap
 		_, err := tx.Exec(ctx, `
 			UPDATE pgcourier.snapshot_progress
 			   SET last_key = $3, key_columns = $4, rows_done = $5, done = $6, updated_at = now()
-			 WHERE slot = $1 AND table_name = $2`, slot, p.table, p.lastKey, p.keyNames, p.rows, p.done)
+			 WHERE slot = $1 AND table_name = $2`, slot, p.table, p.lastKey, p.keyOrder, p.rows, p.done)
 		if err != nil {
 			return err
 		}

@@ -179,42 +179,59 @@ func TestSnapshotKeyMoveToast(t *testing.T) {
 	}
 }
 
-// TestSnapshotResumesInItsKey resumes a snapshot whose progress an older
-// version wrote in primary-key order, for a table whose chunks now follow
-// its replica identity's index, in another order: resuming from that key
-// would skip rows, so it starts over.
+// TestSnapshotResumesInItsKey resumes snapshots whose progress is in
+// another order than the table's chunking key: resuming from that key would
+// skip rows, so they start over. One was written by an older version, in
+// primary-key order, with no order recorded, for a table whose chunks now
+// follow its replica identity's index; the other in a key whose type has
+// changed since.
 func TestSnapshotResumesInItsKey(t *testing.T) {
-	c := pgtest.Start(t)
-	c.Exec(t, `CREATE TABLE visit (id bigint PRIMARY KEY, code bigint NOT NULL UNIQUE, v text)`)
-	c.Exec(t, `ALTER TABLE visit REPLICA IDENTITY USING INDEX visit_code_key`)
-	c.Exec(t, `INSERT INTO visit SELECT g, 5999 - g, 'v' || g FROM generate_series(0, 5999) g`)
-	c.Exec(t, markerTable)
-	prepare(t, c, allPublic)
-	// As if half the table had been copied by id, with no key columns
-	// recorded; nothing is in the outbox, so replaying it shows every row
-	// the snapshot skips.
-	c.Exec(t, `UPDATE pgcourier.snapshot_progress SET last_key = '{2999}', rows_done = 3000 WHERE table_name = 'public.visit'`)
-	opts := testOptions(c, allPublic)
-	opts.SnapshotChunkRows = 500
-	logs := &syncBuffer{}
-	opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
-	runCapture(t, opts)
+	for _, tc := range []struct {
+		name, create, order, key string
+		want                     []string // the order recorded at the end
+	}{{
+		name: "older version",
+		create: `CREATE TABLE visit (id bigint PRIMARY KEY, code bigint NOT NULL UNIQUE, v text);
+			ALTER TABLE visit REPLICA IDENTITY USING INDEX visit_code_key`,
+		order: "NULL", key: "code", want: []string{"code bigint"},
+	}, {
+		name:   "type changed",
+		create: `CREATE TABLE visit (id bigint PRIMARY KEY, code bigint NOT NULL, v text)`,
+		order:  `ARRAY['id integer']`, key: "id", want: []string{"id bigint"},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := pgtest.Start(t)
+			c.Exec(t, tc.create)
+			c.Exec(t, `INSERT INTO visit SELECT g, 5999 - g, 'v' || g FROM generate_series(0, 5999) g`)
+			c.Exec(t, markerTable)
+			prepare(t, c, allPublic)
+			// As if half the table had been copied by id; nothing is in
+			// the outbox, so replaying it shows every row the snapshot
+			// skips.
+			c.Exec(t, `UPDATE pgcourier.snapshot_progress SET last_key = '{2999}', key_columns = `+tc.order+`, rows_done = 3000 WHERE table_name = 'public.visit'`)
+			opts := testOptions(c, allPublic)
+			opts.SnapshotChunkRows = 500
+			logs := &syncBuffer{}
+			opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
+			runCapture(t, opts)
 
-	conn := c.Connect(t)
-	snapshotDone(t, conn)
-	waitCaughtUp(t, c, conn)
-	rows, _ := replayUpstream(t, conn, "visit", "code", nil)
-	if len(rows) != 6000 {
-		t.Errorf("replaying the outbox gives %d rows, want 6000", len(rows))
-	}
-	if !strings.Contains(logs.String(), "its progress is in another key") {
-		t.Errorf("no warning that the snapshot started over; log:\n%s", logs.String())
-	}
-	var names []string
-	if err := conn.QueryRow(context.Background(), `SELECT key_columns FROM pgcourier.snapshot_progress WHERE table_name = 'public.visit'`).Scan(&names); err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(names, []string{"code"}) {
-		t.Errorf("progress records key columns %v, want [code]", names)
+			conn := c.Connect(t)
+			snapshotDone(t, conn)
+			waitCaughtUp(t, c, conn)
+			rows, _ := replayUpstream(t, conn, "visit", tc.key, nil)
+			if len(rows) != 6000 {
+				t.Errorf("replaying the outbox gives %d rows, want 6000", len(rows))
+			}
+			if !strings.Contains(logs.String(), "its progress is in another key order") {
+				t.Errorf("no warning that the snapshot started over; log:\n%s", logs.String())
+			}
+			var order []string
+			if err := conn.QueryRow(context.Background(), `SELECT key_columns FROM pgcourier.snapshot_progress WHERE table_name = 'public.visit'`).Scan(&order); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(order, tc.want) {
+				t.Errorf("progress records key order %q, want %q", order, tc.want)
+			}
+		})
 	}
 }

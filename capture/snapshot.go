@@ -69,6 +69,7 @@ type chunk struct {
 	byKey   map[string]int // key → index in rows
 	hits    map[int]*hit   // rows a change between the marks hit; see observe
 	touched bool           // read it again: see observe
+	settled bool           // no commit before the low mark was still to show when it read (see settle)
 	last    bool           // the table has no rows after this chunk
 	bytes   int            // size of the rows' values
 	lastKey []string
@@ -83,6 +84,31 @@ func (t *snapTable) keyNames() []string {
 	return names
 }
 
+// keyColl returns the collation of the i-th column of the chunking key, ""
+// if it has none or describe did not say.
+func (t *snapTable) keyColl(i int) string {
+	if i < len(t.keyColls) {
+		return t.keyColls[i]
+	}
+	return ""
+}
+
+// keyOrder describes the order of the table's chunking key: each column's
+// name, type and collation. A last key is good only in the order it was
+// read in.
+func (t *snapTable) keyOrder() []string {
+	var order []string
+	for i, k := range t.keyCols {
+		col := t.rel.Columns[k]
+		o := col.Name + " " + col.Type
+		if coll := t.keyColl(i); coll != "" {
+			o += " COLLATE " + coll
+		}
+		order = append(order, o)
+	}
+	return order
+}
+
 // hit is a row of a chunk that changes between its marks hit.
 type hit struct {
 	row     []pgcourier.Value // as those changes left it: nil once deleted or moved to another key
@@ -94,7 +120,7 @@ type hit struct {
 type snapProgress struct {
 	table    string
 	lastKey  []string
-	keyNames []string // the columns lastKey is in
+	keyOrder []string // the order lastKey is in (snapTable.keyOrder)
 	rows     int64
 	done     bool
 	estimate int64
@@ -171,7 +197,10 @@ func (sn *snapshotter) close(ctx context.Context) {
 // describe reads the table's columns as pgoutput sends them (no dropped or
 // generated columns; key flags from the replica identity) and builds the
 // chunk queries, ordered by the replica identity's index if it has one (an
-// update's old key comes in its columns), else by the primary key.
+// update's old key comes in its columns), else by the primary key. A
+// partitioned table's identity does not reach its partitions, whose own
+// (most often their primary key) name an update's old key: it is ordered
+// by its primary key first.
 func (sn *snapshotter) describe(ctx context.Context, t *snapTable) error {
 	rows, err := sn.conn.Query(ctx, `
 		WITH c AS (SELECT oid, relnamespace, relname, relreplident, relkind FROM pg_class WHERE oid = $1::regclass),
@@ -179,7 +208,7 @@ func (sn *snapshotter) describe(ctx context.Context, t *snapTable) error {
 		                WHERE i.indrelid = c.oid AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))),
 		     chunkkey AS (SELECT i.indkey::int2[] AS k FROM pg_index i, c
 		                   WHERE i.indrelid = c.oid AND (i.indisprimary OR (c.relreplident = 'i' AND i.indisreplident))
-		                   ORDER BY (c.relreplident = 'i' AND i.indisreplident) DESC LIMIT 1)
+		                   ORDER BY (c.relkind <> 'p' AND c.relreplident = 'i' AND i.indisreplident) DESC, i.indisprimary DESC LIMIT 1)
 		SELECT n.nspname, c.relname, c.relkind = 'p', a.attname, format_type(a.atttypid, a.atttypmod),
 		       c.relreplident = 'f' OR a.attnum = ANY (coalesce((SELECT k FROM ident), '{}')),
 		       coalesce((SELECT o FROM chunkkey, unnest(k) WITH ORDINALITY u(att, o) WHERE att = a.attnum), 0),
@@ -259,15 +288,17 @@ func (sn *snapshotter) describe(ctx context.Context, t *snapTable) error {
 	return nil
 }
 
-// checkKey starts t's snapshot over when its last key is in other columns
-// than the chunking key's: resuming would skip rows. Progress without the
-// names (names nil) was written by a version that chunked by the primary
-// key, else by the replica identity's index.
-func (sn *snapshotter) checkKey(ctx context.Context, t *snapTable, names []string) error {
-	if t.lastKey == nil {
+// checkKey starts t's snapshot over when its last key was read in another
+// order than the chunking key's (saved, see snapTable.keyOrder): resuming
+// would skip rows. Progress without it (saved nil) was written by a version
+// that chunked by the primary key, else by the replica identity's index;
+// only the key's columns can be compared then.
+func (sn *snapshotter) checkKey(ctx context.Context, t *snapTable, saved []string) error {
+	if t.lastKey == nil || slices.Equal(saved, t.keyOrder()) {
 		return nil
 	}
-	if names == nil {
+	names := saved
+	if saved == nil {
 		err := sn.conn.QueryRow(ctx, `
 			SELECT array_agg(a.attname::text ORDER BY k.o)
 			  FROM (SELECT i.indrelid, i.indkey FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
@@ -279,11 +310,11 @@ func (sn *snapshotter) checkKey(ctx context.Context, t *snapTable, names []strin
 			return fmt.Errorf("snapshot: read the key of %s: %w", t.name, err)
 		}
 	}
-	if slices.Equal(names, t.keyNames()) {
+	if saved == nil && slices.Equal(names, t.keyNames()) {
 		return nil
 	}
-	sn.log.Warn("snapshot: its progress is in another key than the table's; copying it again from the start",
-		"table", t.name, "progress_key", names, "key", t.keyNames())
+	sn.log.Warn("snapshot: its progress is in another key order than the table's; copying it again from the start",
+		"table", t.name, "progress_key", names, "key", t.keyOrder())
 	t.lastKey, t.rowsDone = nil, 0
 	return nil
 }
@@ -303,17 +334,19 @@ func (sn *snapshotter) start(ctx context.Context) error {
 	if err := sn.mark(ctx, "low", ch.id); err != nil {
 		return err
 	}
-	if err := sn.settle(ctx); err != nil {
+	settled, err := sn.settle(ctx)
+	if err != nil {
 		return err
 	}
+	ch.settled = settled
 	// The table as it is now, after the low mark: a column added before
 	// the mark would be missing from the chunk, and from the upstream row
 	// if a change that set it came before the mark.
-	before := t.keyNames()
+	before := t.keyOrder()
 	if err := sn.describe(ctx, t); err != nil {
 		return err
 	}
-	if !slices.Equal(before, t.keyNames()) {
+	if !slices.Equal(before, t.keyOrder()) {
 		sn.log.Warn("snapshot: the table's key changed; copying it again from the start", "table", t.name)
 		t.lastKey = nil
 	}
@@ -391,13 +424,14 @@ func (sn *snapshotter) start(ctx context.Context) error {
 // still running after settleWait is open and its commit, if it comes,
 // follows the mark; but one waiting for a synchronous standby has
 // committed already: settle waits for those until settleLimit, while the
-// replication stream is not read.
-func (sn *snapshotter) settle(ctx context.Context) error {
+// replication stream is not read. It reports whether every transaction
+// that was running has ended.
+func (sn *snapshotter) settle(ctx context.Context) (settled bool, err error) {
 	// A transaction of its own first, so that the snapshot's xmax lies past
 	// every transaction ID handed out before: a transaction at or above
 	// xmax counts as running without being listed.
 	if _, err := sn.conn.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
-		return fmt.Errorf("snapshot: read running transactions: %w", err)
+		return false, fmt.Errorf("snapshot: read running transactions: %w", err)
 	}
 	var running []int64
 	rows, err := sn.conn.Query(ctx, `SELECT x::text::int8 FROM pg_snapshot_xip(pg_current_snapshot()) x`)
@@ -405,7 +439,7 @@ func (sn *snapshotter) settle(ctx context.Context) error {
 		running, err = pgx.CollectRows(rows, pgx.RowTo[int64])
 	}
 	if err != nil {
-		return fmt.Errorf("snapshot: read running transactions: %w", err)
+		return false, fmt.Errorf("snapshot: read running transactions: %w", err)
 	}
 	start := time.Now()
 	deadline, pause := start.Add(settleWait), time.Millisecond
@@ -419,28 +453,28 @@ func (sn *snapshotter) settle(ctx context.Context) error {
 			   AND a.state IS DISTINCT FROM 'idle in transaction'
 			   AND a.state IS DISTINCT FROM 'idle in transaction (aborted)'`, running).Scan(&busy, &syncRep)
 		if err != nil {
-			return fmt.Errorf("snapshot: wait for running transactions: %w", err)
+			return false, fmt.Errorf("snapshot: wait for running transactions: %w", err)
 		}
 		now := time.Now()
 		switch {
 		case busy == 0:
-			return nil
+			return true, nil
 		case syncRep > 0 && now.Sub(start) >= settleLimit:
 			sn.log.Warn("snapshot chunk read while commits still wait for a synchronous standby; its rows may be older than the stream",
 				"count", syncRep, "waited", now.Sub(start).Round(time.Millisecond))
-			return nil
+			return false, nil
 		case syncRep > 0:
 			// Wait on, and a moment past their release, while they
 			// leave the running transactions.
 			deadline = now.Add(settleWait)
 		case now.After(deadline):
 			sn.log.Debug("snapshot chunk read beside open transactions", "count", busy)
-			return nil
+			return false, nil
 		}
 		time.Sleep(pause)
 		pause = min(2*pause, 50*time.Millisecond)
 	}
-	return nil
+	return true, nil
 }
 
 // settleWait is how long settle waits for transactions to end, and
@@ -640,10 +674,11 @@ func (sn *snapshotter) moved(ctx context.Context, tx *pgcourier.Transaction) ([]
 		// chunk may have read before the update committed. (When it read
 		// after, it holds the row and a restart is more than needed; a
 		// chunk does not know which it was.) Before its low watermark the
-		// update committed before the chunk read; a chunk to be read again
-		// starts after the last key in the outbox.
+		// update committed before the chunk read, and the chunk saw it
+		// unless settle gave up waiting. A chunk to be read again starts
+		// after the last key in the outbox.
 		read := t.lastKey
-		if ch := sn.cur; ch != nil && ch.table == t && ch.lowSeen && ch.lastKey != nil && !ch.touched {
+		if ch := sn.cur; ch != nil && ch.table == t && (ch.lowSeen || !ch.settled) && ch.lastKey != nil && !ch.touched {
 			read = ch.lastKey
 		}
 		if len(t.keyCols) == 0 || read == nil {
@@ -687,8 +722,8 @@ func (sn *snapshotter) compareKeys(ctx context.Context, t *snapTable, from, to, 
 		for i, k := range t.keyCols {
 			args = append(args, vals[i])
 			p := fmt.Sprintf("$%d::text::%s", len(args), t.rel.Columns[k].Type)
-			if t.keyColls[i] != "" {
-				p += " COLLATE " + t.keyColls[i] // the order of the chunk query, which compares with the column
+			if coll := t.keyColl(i); coll != "" {
+				p += " COLLATE " + coll // the order of the chunk query, which compares with the column
 			}
 			ps = append(ps, p)
 		}
@@ -741,7 +776,7 @@ func (sn *snapshotter) marker(m string, commit pgcourier.Transaction) (tx *pgcou
 	if ch.lastKey != nil {
 		t.lastKey = ch.lastKey
 	}
-	p = &snapProgress{table: t.name, lastKey: t.lastKey, keyNames: t.keyNames(), rows: t.rowsDone, done: ch.last, estimate: t.estimate}
+	p = &snapProgress{table: t.name, lastKey: t.lastKey, keyOrder: t.keyOrder(), rows: t.rowsDone, done: ch.last, estimate: t.estimate}
 	if ch.last {
 		sn.queue = sn.queue[1:]
 		elapsed := time.Since(sn.started)

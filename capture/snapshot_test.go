@@ -310,6 +310,19 @@ func TestSnapshotNewTable(t *testing.T) {
 	opts.SnapshotChunkRows = 1000
 	runCapture(t, opts) // Setup at start adds visit and schedules its snapshot
 	conn := c.Connect(t)
+	// Until capture's Setup scheduled it, no snapshot is pending either.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var scheduled bool
+		if err := conn.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pgcourier.snapshot_progress WHERE table_name = 'public.visit')`).Scan(&scheduled); err != nil {
+			t.Fatal(err)
+		}
+		if scheduled {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("capture did not schedule the snapshot of visit in 30 s")
+		}
+	}
 	snapshotDone(t, conn)
 	c.Exec(t, `UPDATE visit SET v = 'changed' WHERE id = 7`)
 	waitCaughtUp(t, c, conn)

@@ -1,7 +1,9 @@
--- Capture: the names of the columns a snapshot's last_key is in. A table's
--- chunking key can change (a new primary key or replica identity, or a
--- pgcourier that orders chunks by another index); a snapshot resuming with a
--- last_key of other columns would skip rows, so it starts over instead.
--- NULL for progress written before this version, which chunked by the
--- primary key, else by the replica identity's index.
+-- Capture: the order a snapshot's last_key was read in, one element per
+-- column of the chunking key: its name, type and collation. A table's key
+-- can change while a snapshot is under way (a new primary key or replica
+-- identity, a column's type or collation, a pgcourier that chunks by another
+-- index); resuming from a last_key read in another order would skip rows, so
+-- the snapshot starts over instead. NULL with no last_key, and in progress
+-- written before this version, which chunked by the primary key, else by the
+-- replica identity's index.
 ALTER TABLE pgcourier.snapshot_progress ADD COLUMN key_columns text[];
