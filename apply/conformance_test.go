@@ -27,17 +27,23 @@ func TestWriterConformance(t *testing.T) {
 func TestRouteConformance(t *testing.T) {
 	c := sinktest.Upstream(t)
 	sinktest.Run(t, c, func(t *testing.T, _ string) pgcourier.Sink {
-		cfg, err := pgx.ParseConfig(c.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := NewRoute(cfg, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(r.Close)
-		return r
+		return newRoute(t, c)
 	})
+}
+
+// newRoute returns a postgres route into c, closed when the test ends.
+func newRoute(t *testing.T, c *pgtest.Cluster) *Route {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(c.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewRoute(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	return r
 }
 
 // TestRouteTakesUpstreamPolicy delivers through the postgres route into an
@@ -50,15 +56,7 @@ func TestRouteTakesUpstreamPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Exec(t, `INSERT INTO public.visit VALUES (1, 'server', 'a local edit')`)
-	cfg, err := pgx.ParseConfig(c.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := NewRoute(cfg, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Close)
+	r := newRoute(t, c)
 	b := sinktest.Batch("laptop-01", 1, 1, 0)
 	b.Transactions[0].CommitTime = time.Now().Add(time.Hour) // newer: last-writer-wins would apply it
 	b.Transactions[0].Changes = []pgcourier.Change{{Rel: sinktest.Visit, Op: pgcourier.OpUpdate,
@@ -108,15 +106,7 @@ func TestRouteUpstreamSchema(t *testing.T) {
 			// As if migrated only this far: Version reads the highest
 			// migration recorded.
 			c.Exec(t, `DELETE FROM pgcourier.schema_migrations WHERE version > $1`, tc.version)
-			cfg, err := pgx.ParseConfig(c.URL())
-			if err != nil {
-				t.Fatal(err)
-			}
-			r, err := NewRoute(cfg, Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(r.Close)
+			r := newRoute(t, c)
 			receipts, err := r.Deliver(t.Context(), []pgcourier.Parcel{sinktest.Encode(t, sinktest.Batch("laptop-01", 1, 1, 0))})
 			switch {
 			case tc.ok && (err != nil || len(receipts) != 1 || receipts[0].Outcome != pgcourier.Applied):
