@@ -78,16 +78,7 @@ func TestRouteTakesUpstreamPolicy(t *testing.T) {
 // TestRouteRefusesOldUpstream delivers into a database pgcourier init has
 // not prepared: the route says what to run.
 func TestRouteRefusesOldUpstream(t *testing.T) {
-	c := pgtest.Start(t)
-	cfg, err := pgx.ParseConfig(c.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := NewRoute(cfg, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Close)
+	r := newRoute(t, pgtest.Start(t))
 	if _, err := r.Progress(t.Context(), "laptop-01"); err == nil || !strings.Contains(err.Error(), "pgcourier init") {
 		t.Errorf("Progress on an unprepared upstream = %v, want an error naming pgcourier init", err)
 	}
