@@ -63,7 +63,7 @@ func TestSnapshotFold(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tb := &snapTable{name: "public.visit", rel: rel, keyCols: []int{0}}
+			tb := &snapTable{name: "public.visit", rel: rel, keyCols: []int{0}, keyColls: []string{""}}
 			sn := &snapshotter{queue: []*snapTable{tb}, log: slog.New(slog.DiscardHandler)}
 			rows := [][]pgcourier.Value{val("1", "a", "big"), val("3", "c", "big3")}
 			sn.cur = &chunk{id: "c1", table: tb, lowSeen: true, rows: rows,

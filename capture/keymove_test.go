@@ -156,15 +156,7 @@ func TestSnapshotKeyMoveToast(t *testing.T) {
 				got = append(got, fmt.Sprintf("id=%s,v=%s,form=%d", r["id"], r["v"], len(r["form"])))
 			}
 			sort.Strings(got)
-			res, err := conn.Query(ctx, `SELECT format('id=%s,v=%s,form=%s', id, v, length(form)) FROM visit`)
-			if err != nil {
-				t.Fatal(err)
-			}
-			want, err := pgx.CollectRows(res, pgx.RowTo[string])
-			if err != nil {
-				t.Fatal(err)
-			}
-			sort.Strings(want)
+			want := sortedLines(t, conn, `SELECT format('id=%s,v=%s,form=%s', id, v, length(form)) FROM visit`)
 			t.Logf("%d rows moved, %d updates came before their row's copy", moved, unapplied)
 			if strings.Join(got, "\n") != strings.Join(want, "\n") {
 				t.Errorf("replaying the outbox gives %d rows, the table holds %d; first differences:\n%s", len(got), len(want), firstDiff(got, want))

@@ -84,15 +84,6 @@ func (t *snapTable) keyNames() []string {
 	return names
 }
 
-// keyColl returns the collation of the i-th column of the chunking key, ""
-// if it has none or describe did not say.
-func (t *snapTable) keyColl(i int) string {
-	if i < len(t.keyColls) {
-		return t.keyColls[i]
-	}
-	return ""
-}
-
 // keyOrder describes the order of the table's chunking key: each column's
 // name, type and collation. A last key is good only in the order it was
 // read in.
@@ -101,8 +92,8 @@ func (t *snapTable) keyOrder() []string {
 	for i, k := range t.keyCols {
 		col := t.rel.Columns[k]
 		o := col.Name + " " + col.Type
-		if coll := t.keyColl(i); coll != "" {
-			o += " COLLATE " + coll
+		if t.keyColls[i] != "" {
+			o += " COLLATE " + t.keyColls[i]
 		}
 		order = append(order, o)
 	}
@@ -160,28 +151,28 @@ func newSnapshotter(ctx context.Context, url, slot string, chunkRows int, log *s
 		sn.close(ctx)
 		return nil, fmt.Errorf("snapshot: read progress: %w", err)
 	}
-	saved := map[*snapTable][]string{} // the columns each last key is in
+	var saved [][]string // the order each table's last key was read in
 	for rows.Next() {
 		t := &snapTable{}
-		var names []string
-		if err := rows.Scan(&t.name, &t.lastKey, &names, &t.rowsDone, &t.estimate); err != nil {
+		var order []string
+		if err := rows.Scan(&t.name, &t.lastKey, &order, &t.rowsDone, &t.estimate); err != nil {
 			rows.Close()
 			sn.close(ctx)
 			return nil, fmt.Errorf("snapshot: read progress: %w", err)
 		}
 		sn.queue = append(sn.queue, t)
-		saved[t] = names
+		saved = append(saved, order)
 	}
 	if err := rows.Err(); err != nil {
 		sn.close(ctx)
 		return nil, fmt.Errorf("snapshot: read progress: %w", err)
 	}
-	for _, t := range sn.queue {
+	for i, t := range sn.queue {
 		if err := sn.describe(ctx, t); err != nil {
 			sn.close(ctx)
 			return nil, err
 		}
-		if err := sn.checkKey(ctx, t, saved[t]); err != nil {
+		if err := sn.checkKey(ctx, t, saved[i]); err != nil {
 			sn.close(ctx)
 			return nil, err
 		}
@@ -722,8 +713,8 @@ func (sn *snapshotter) compareKeys(ctx context.Context, t *snapTable, from, to, 
 		for i, k := range t.keyCols {
 			args = append(args, vals[i])
 			p := fmt.Sprintf("$%d::text::%s", len(args), t.rel.Columns[k].Type)
-			if coll := t.keyColl(i); coll != "" {
-				p += " COLLATE " + coll // the order of the chunk query, which compares with the column
+			if t.keyColls[i] != "" {
+				p += " COLLATE " + t.keyColls[i] // the order of the chunk query, which compares with the column
 			}
 			ps = append(ps, p)
 		}

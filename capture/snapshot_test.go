@@ -59,7 +59,13 @@ func replay(t *testing.T, conn *pgx.Conn, table string) []string {
 // tableRows returns the table's rows in the form replay uses.
 func tableRows(t *testing.T, conn *pgx.Conn, table string) []string {
 	t.Helper()
-	rows, err := conn.Query(context.Background(), `SELECT 'id=' || id || ',v=' || v FROM `+table, pgx.QueryExecModeSimpleProtocol)
+	return sortedLines(t, conn, `SELECT 'id=' || id || ',v=' || v FROM `+table)
+}
+
+// sortedLines returns the text rows query returns, sorted.
+func sortedLines(t *testing.T, conn *pgx.Conn, query string) []string {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), query, pgx.QueryExecModeSimpleProtocol)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -483,15 +489,7 @@ func testSnapshotToast(t *testing.T, alter bool) {
 	if alter {
 		q = `SELECT format('id=%s,v=%s,form=%s,n=%s', id, v, length(form), n) FROM visit`
 	}
-	res, err := conn.Query(context.Background(), q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, err := pgx.CollectRows(res, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	sort.Strings(want)
+	want := sortedLines(t, conn, q)
 	t.Logf("%d edits came before their row's snapshot copy", unapplied)
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("replaying the outbox gives %d rows, the table holds %d; first differences:\n%s", len(got), len(want), firstDiff(got, want))
