@@ -275,6 +275,7 @@ func (r *report) markdown(w io.Writer, method bool) error {
 			lo, hi, r.Machine.Cores)
 	}
 	p("- Command: `%s`\n\n", r.Command)
+	r.writeGoals(p)
 
 	p("| %s |\n", strings.Join(tableHeader, " | "))
 	align := make([]string, len(tableHeader))
@@ -377,23 +378,44 @@ const (
 	routerProbeCycle = router.DefaultProbeInterval
 )
 
-// drains returns, per backlog workload, each contender's drain (from the
-// first row applied to the last, which the moment the link came up within
-// the contender's retry cycle does not change) and the catch-up expected
-// for a link that comes back at a random moment: half the contender's
-// cycle plus its drain. It compares pgcourier's routes with native-offline
-// by that expectation.
+// drainSeconds returns, for one backlog workload, each contender's drain:
+// from the first row applied to the last, which the moment the link came
+// up within the contender's retry cycle does not change.
+func (r *report) drainSeconds(workload string) map[string]float64 {
+	drain := map[string]float64{}
+	for _, res := range r.Results {
+		if res.Workload == workload && res.Mode == "backlog" && res.Error == "" && res.FirstRowMs != nil {
+			drain[res.Contender] = res.Seconds - *res.FirstRowMs/1e3
+		}
+	}
+	return drain
+}
+
+// expectedVsOffline returns how many times faster than native-offline the
+// route is expected to catch up on workload, for a link that comes back at
+// a random moment: each waits half its cycle on average, then drains.
+func (r *report) expectedVsOffline(workload, route string) (float64, bool) {
+	drain := r.drainSeconds(workload)
+	base, ok1 := drain["native-offline"]
+	d, ok2 := drain[route]
+	if !ok1 || !ok2 {
+		return 0, false
+	}
+	return (nativeRetryCycle.Seconds()/2 + base) / (routerProbeCycle.Seconds()/2 + d), true
+}
+
+// drains returns, per backlog workload, each contender's drain and the
+// catch-up expected for a link that comes back at a random moment: half
+// the contender's cycle plus its drain. It compares pgcourier's routes
+// with native-offline by that expectation.
 func (r *report) drains() string {
 	var out []string
 	for _, w := range r.Workloads {
-		drain := map[string]float64{}
+		drain := r.drainSeconds(w.ID)
 		var parts []string
 		for _, c := range []string{"native", "native-offline", "rest", "postgres"} {
-			for _, res := range r.Results {
-				if res.Workload == w.ID && res.Contender == c && res.Mode == "backlog" && res.Error == "" && res.FirstRowMs != nil {
-					drain[c] = res.Seconds - *res.FirstRowMs/1e3
-					parts = append(parts, fmt.Sprintf("%s %.2f s", c, drain[c]))
-				}
+			if d, ok := drain[c]; ok {
+				parts = append(parts, fmt.Sprintf("%s %.2f s", c, d))
 			}
 		}
 		if len(parts) == 0 {
@@ -404,9 +426,8 @@ func (r *report) drains() string {
 			base := nativeRetryCycle.Seconds()/2 + d
 			var vs []string
 			for _, c := range []string{"rest", "postgres"} {
-				if d, ok := drain[c]; ok {
-					exp := routerProbeCycle.Seconds()/2 + d
-					vs = append(vs, fmt.Sprintf("%s %.2f s, %.2f×", c, exp, base/exp))
+				if ratio, ok := r.expectedVsOffline(w.ID, c); ok {
+					vs = append(vs, fmt.Sprintf("%s %.2f s, %.2f×", c, base/ratio, ratio))
 				}
 			}
 			if len(vs) > 0 {

@@ -228,3 +228,45 @@ func TestDrains(t *testing.T) {
 		t.Errorf("markdown lacks the drain note:\n%s", b.String())
 	}
 }
+
+func TestGoals(t *testing.T) {
+	r := sampleReport()
+	if got := r.goals(); len(got) != 0 {
+		t.Errorf("goals without pgcourier's routes = %v, want none", got)
+	}
+	r.Workloads = append(r.Workloads, workloadInfo{ID: "W7", Title: "edc mix backlog", Backlog: true})
+	r.Results = append(r.Results,
+		// native-offline: 2.5 s + 2 s; rest: 0.5 s + 1.5 s, 2.25×; postgres: 0.5 s + 2 s, 1.8×.
+		result{Workload: "W7", Contender: "native", Mode: "backlog", Seconds: 2, RowsPerS: 50, FirstRowMs: ptr(10.0), WireBytesPerRow: ptr(300.0)},
+		result{Workload: "W7", Contender: "native-offline", Mode: "backlog", Seconds: 5, RowsPerS: 20, FirstRowMs: ptr(3000.0)},
+		result{Workload: "W7", Contender: "rest", Mode: "backlog", Seconds: 2.5, RowsPerS: 40, FirstRowMs: ptr(1000.0), WireBytesPerRow: ptr(60.0)},
+		result{Workload: "W7", Contender: "postgres", Mode: "backlog", Seconds: 4.5, RowsPerS: 22, FirstRowMs: ptr(2500.0), WireBytesPerRow: ptr(240.0)},
+		result{Workload: "W1", Contender: "rest", Mode: "live", FlatLagP99Ms: ptr(999.0), WireBytesPerRow: ptr(26.7)},
+		result{Workload: "W1", Contender: "postgres", Mode: "live", Error: "postgres: link down"},
+	)
+	var b strings.Builder
+	if err := r.markdown(&b, false); err != nil {
+		t.Fatal(err)
+	}
+	md := b.String()
+	for _, want := range []string{
+		"## Targets\n\n",
+		"- rest catch-up (W7) at least 1.5× native-offline's: 2.25× expected (this run's single draw 2.00×), met\n",
+		"- postgres catch-up (W7) at least 2.0× native-offline's: 1.80× expected (this run's single draw 1.10×), **missed**\n",
+		"- rest flat-out lag p99 (W1) under 1,000 ms: 999 ms, met\n",
+		"- rest wire bytes per row at most 0.3× pgoutput's: 0.10× to 0.20×, met\n",
+		"- rest first row within 2,000 ms of link up (W5, W7, W8): at most 1,000 ms, met\n",
+		"- postgres first row within 2,000 ms of link up (W5, W7, W8): at most 2,500 ms, **missed**\n",
+		"- postgres wire bytes per row: 0.80× to 0.80× pgoutput's, not held",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q; got:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "postgres flat-out lag") {
+		t.Errorf("a failed scenario has a lag target line:\n%s", md)
+	}
+	if i, j := strings.Index(md, "## Targets"), strings.Index(md, "| Workload |"); i < 0 || j < i {
+		t.Errorf("the targets do not come before the table:\n%s", md)
+	}
+}
