@@ -1,6 +1,9 @@
 package rest
 
 import (
+	"context"
+	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -143,5 +146,68 @@ func TestDeliveriesOfOneSourceSerialize(t *testing.T) {
 	want := map[string]map[int64]uint64{laptop: {1: 2}, laptop2: {1: 1}}
 	if diff := cmp.Diff(want, sink.state().Applied); diff != "" {
 		t.Errorf("sink applied (-want +got):\n%s", diff)
+	}
+}
+
+// slowSink takes wait to apply each delivery and, like apply.Writer, rolls
+// back when its context ends first. entered receives one value per
+// delivery as it starts, ended how it ended (nil: applied).
+type slowSink struct {
+	*fakeSink
+	wait    atomic.Int64 // a time.Duration
+	entered chan struct{}
+	ended   chan error
+}
+
+func newSlowSink(wait time.Duration) *slowSink {
+	s := &slowSink{fakeSink: newFakeSink(), entered: make(chan struct{}, 1), ended: make(chan error, 1)}
+	s.wait.Store(int64(wait))
+	return s
+}
+
+func (s *slowSink) Deliver(ctx context.Context, ps []pgcourier.Parcel) ([]pgcourier.Receipt, error) {
+	s.entered <- struct{}{}
+	t := time.NewTimer(time.Duration(s.wait.Load()))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		s.ended <- ctx.Err()
+		return nil, ctx.Err()
+	case <-t.C:
+	}
+	rs, err := s.fakeSink.Deliver(ctx, ps)
+	s.ended <- err
+	return rs, err
+}
+
+// TestSlowApplyOutlivesSender: the sender gives up on an upload whose apply
+// takes longer than its attempt may (the last part of a large transaction
+// applies every part at once). The apply still commits, and the sender's
+// next attempt hears that the batch is a duplicate instead of starting the
+// apply over.
+func TestSlowApplyOutlivesSender(t *testing.T) {
+	sink := newSlowSink(300 * time.Millisecond)
+	srv := serve(t, newTestHandler(t, sink, 0))
+	c := newTestClient(t, srv.URL, token, ClientOptions{Timeout: 50 * time.Millisecond, RetryMax: -1})
+	ps := parcels(t, laptop, 1, 1, 1)
+
+	if _, err := c.Deliver(t.Context(), ps); !errors.Is(err, pgcourier.ErrUnreachable) {
+		t.Fatalf("Deliver() with an apply slower than the attempt = %v, want an error wrapping ErrUnreachable", err)
+	}
+	<-sink.entered
+	if err := <-sink.ended; err != nil {
+		t.Fatalf("the apply ended with %v after the sender gave up, want it applied", err)
+	}
+	sink.wait.Store(0)
+	go func() { <-sink.entered; <-sink.ended }()
+	rs, err := c.Deliver(t.Context(), ps)
+	if err != nil {
+		t.Fatalf("Deliver() again = %v", err)
+	}
+	if len(rs) != 1 || rs[0].Outcome != pgcourier.Duplicate {
+		t.Errorf("receipts of the second attempt = %+v, want one duplicate", rs)
+	}
+	if st := sink.state(); st.Applied[laptop][1] != 1 || st.Calls != 2 {
+		t.Errorf("sink: applied seq %d in %d calls, want seq 1 applied by the first of 2", st.Applied[laptop][1], st.Calls)
 	}
 }

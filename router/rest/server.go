@@ -37,6 +37,8 @@ type Server struct {
 	Handler http.Handler
 	// Logger receives the server's log records; nil discards them.
 	Logger *slog.Logger
+
+	grace time.Duration // for tests: shutdownTimeout if 0
 }
 
 // Listen returns a TCP listener on addr, for Serve. With a port of 0 the
@@ -98,6 +100,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 	}
 
+	// Batches are applied on a context of their own that outlives the
+	// request (see applyContext); it ends here, when the requests in
+	// flight had their time.
+	closing, closeNow := context.WithCancel(context.Background())
+	defer closeNow()
+	srv.BaseContext = func(net.Listener) context.Context {
+		return context.WithValue(context.Background(), servingKey{}, closing)
+	}
+
 	served := make(chan error, 1)
 	go func() {
 		if tlsOn {
@@ -113,10 +124,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("serve on %s: %w", ln.Addr(), err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	grace := s.grace
+	if grace == 0 {
+		grace = shutdownTimeout
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("requests still in flight at shutdown; closing their connections", "err", err)
+		closeNow()
 		srv.Close()
 	}
 	<-served // http.ErrServerClosed

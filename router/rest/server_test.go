@@ -259,3 +259,35 @@ func TestServerTLS(t *testing.T) {
 		t.Errorf("applied seq = %d, want 2", got)
 	}
 }
+
+// TestServerEndsApplyAtClose stops Serve while an apply does not finish:
+// once the requests in flight had their time, the apply's context ends, and
+// Serve returns.
+func TestServerEndsApplyAtClose(t *testing.T) {
+	sink := newSlowSink(time.Hour)
+	addr, stop := startServer(t, &Server{Handler: newTestHandler(t, sink, 0), grace: 100 * time.Millisecond})
+	c := newTestClient(t, "http://"+addr, token, ClientOptions{RetryMax: -1})
+	delivered := make(chan error, 1)
+	go func() {
+		_, err := c.Deliver(t.Context(), parcels(t, laptop, 1, 1, 1))
+		delivered <- err
+	}()
+	<-sink.entered
+	if err := stop(); err != nil {
+		t.Errorf("Serve() = %v, want nil", err)
+	}
+	select {
+	case err := <-sink.ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("the apply ended with %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the apply still runs 5s after Serve returned")
+	}
+	if err := <-delivered; err == nil {
+		t.Error("Deliver() = nil error, want one: the server closed before the apply ended")
+	}
+	if got := sink.state().Applied[laptop][1]; got != 0 {
+		t.Errorf("applied seq = %d, want 0: the apply was cut short", got)
+	}
+}

@@ -40,7 +40,9 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, source, rawSeq 
 		return
 	}
 
-	receipts, err := h.deliver(r.Context(), h.lanes[source], parcels)
+	actx, cancel := applyContext(r)
+	receipts, err := h.deliver(r.Context(), actx, h.lanes[source], parcels)
+	cancel()
 	if err != nil {
 		level := slog.LevelWarn
 		if r.Context().Err() != nil {
@@ -174,25 +176,18 @@ func (h *Handler) tooLarge() *refusal {
 	return &refusal{http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is over this node's limit of %d bytes, as sent or decompressed: send fewer batches per request", h.maxBody)}
 }
 
-// deliver hands parcels to the sink through the source's lane. A sender may
+// deliver hands parcels to the sink through the source's lane, and to the
+// sink under actx (see applyContext); ctx is the request's. A sender may
 // have two uploads of a source in flight, and the later one can reach the
 // sink first and hear of a gap that the earlier one is about to fill. So
 // when the sink answers a gap before the first parcel, deliver waits for
 // another delivery of the source to make progress, then tries again, a few
 // times at most.
-func (h *Handler) deliver(ctx context.Context, l *lane, parcels []pgcourier.Parcel) ([]pgcourier.Receipt, error) {
+func (h *Handler) deliver(ctx, actx context.Context, l *lane, parcels []pgcourier.Parcel) ([]pgcourier.Receipt, error) {
 	first := parcels[0]
 	for attempt := 0; ; attempt++ {
-		if err := l.acquire(ctx); err != nil {
-			return nil, err
-		}
-		progressed := l.progressed()
-		receipts, err := h.sink.Deliver(ctx, parcels)
-		if err == nil && len(receipts) > 0 && receipts[0].Outcome.Done() {
-			l.signal()
-		}
-		l.release()
-		if err != nil || len(receipts) == 0 || attempt == h.gapRetries {
+		receipts, progressed, err := h.deliverOnce(ctx, actx, l, parcels)
+		if err != nil || len(receipts) == 0 || attempt == h.gapRetries || ctx.Err() != nil {
 			return receipts, err
 		}
 		last := receipts[len(receipts)-1]
@@ -211,4 +206,39 @@ func (h *Handler) deliver(ctx context.Context, l *lane, parcels []pgcourier.Parc
 			return receipts, nil
 		}
 	}
+}
+
+// deliverOnce waits for the source's lane while the request lasts, then
+// hands parcels to the sink under actx. Its channel is closed when another
+// delivery of the source makes progress after this one.
+func (h *Handler) deliverOnce(ctx, actx context.Context, l *lane, parcels []pgcourier.Parcel) ([]pgcourier.Receipt, <-chan struct{}, error) {
+	if err := l.acquire(ctx); err != nil {
+		return nil, nil, err
+	}
+	defer l.release()
+	progressed := l.progressed()
+	receipts, err := h.sink.Deliver(actx, parcels)
+	if err == nil && len(receipts) > 0 && receipts[0].Outcome.Done() {
+		l.signal()
+	}
+	return receipts, progressed, err
+}
+
+// servingKey is the key of the context a Server puts in every request's
+// context: it ends when the Server stops waiting for the requests in flight.
+type servingKey struct{}
+
+// applyContext returns the context an upload's batches are applied under.
+// It does not end when the sender stops waiting — an attempt that timed out
+// while a large transaction applied, a link that dropped — so the apply
+// still commits and the sender's next attempt hears "duplicate" instead of
+// starting it all over. It ends when the Server serving r closes.
+func applyContext(r *http.Request) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	closing, ok := r.Context().Value(servingKey{}).(context.Context)
+	if !ok {
+		return ctx, cancel
+	}
+	unhook := context.AfterFunc(closing, cancel)
+	return ctx, func() { unhook(); cancel() }
 }
