@@ -152,7 +152,7 @@ func (r *report) writeGoals(p func(string, ...any)) {
 		p("- postgres wire bytes per row: %.2f× to %.2f× pgoutput's, not held to the REST route's target: the postgres route "+
 			"is for good networks and speaks Postgres's own protocol, which has no compression, with the rows as text parameters.\n", lo, hi)
 	}
-	p("\nCatch-up is compared with native-offline, native logical replication behind the same down link, by the expected "+
-		"catch-up of a link that comes back at a random moment (see the notes below the table). The table's × native column "+
+	p("\nCatch-up is compared with native-offline, native logical replication behind the same down link, by the expected " +
+		"catch-up of a link that comes back at a random moment (see the notes below the table). The table's × native column " +
 		"compares with native enabled the very moment the link is up, which no replicator in the field can know.\n\n")
 }
