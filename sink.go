@@ -110,6 +110,17 @@ type Sink interface {
 // be reached at all (no route, connection refused, timeout).
 var ErrUnreachable = errors.New("upstream unreachable")
 
+// ErrTooLarge is wrapped by a Sink's errors when the receiver refused a
+// request for its size: fewer parcels per request may get through. It comes
+// with ErrRejected, as a single parcel over the receiver's limit needs
+// someone to raise the limit.
+var ErrTooLarge = errors.New("request too large for the upstream")
+
+// SlowestLink is the slowest link, in bytes a second, that a delivery is
+// given time for: senders let a delivery take as long as its parcels need
+// at this rate, on top of a fixed timeout.
+const SlowestLink = 4 << 10
+
 // ErrRejected is wrapped by a Sink's errors when the receiver refused the
 // request itself: a token it does not know or that speaks for another
 // source, a body over its limit, a database password it refuses. Retrying

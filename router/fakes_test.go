@@ -517,6 +517,7 @@ type fakeSink struct {
 	relay       bool
 	stored      map[key]pgcourier.Parcel // what the relay holds
 	delay       time.Duration            // how long each delivery takes
+	maxBytes    int                      // if set, a delivery over it is refused as too large
 	loseReplies int                      // how many of the next deliveries apply but lose their answer
 	mute        bool                     // deliveries answer neither receipts nor an error
 	entered     chan struct{}            // told of every delivery that starts, if not nil
@@ -602,9 +603,16 @@ func (s *fakeSink) Deliver(ctx context.Context, parcels []pgcourier.Parcel) ([]p
 	mode, delay, entered := s.mode, s.delay, s.entered
 	i := len(s.deliveries)
 	s.deliveries = append(s.deliveries, d)
+	tooLarge := s.maxBytes > 0 && d.bytes > s.maxBytes
 	s.mu.Unlock()
 
-	receipts, err := s.deliver(ctx, parcels, mode, delay, entered)
+	var receipts []pgcourier.Receipt
+	var err error
+	if tooLarge {
+		err = fmt.Errorf("deliver to %s: 413 Request Entity Too Large: %w: %w", s.name, pgcourier.ErrTooLarge, pgcourier.ErrRejected)
+	} else {
+		receipts, err = s.deliver(ctx, parcels, mode, delay, entered)
+	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()

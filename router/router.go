@@ -80,9 +80,10 @@ type Options struct {
 	// is done.
 	Grace time.Duration
 	// DeliveryTimeout bounds one delivery, plus the time its batches take
-	// at minDeliveryRate, so that a link that died without closing cannot
-	// hold the stream while a large delivery over a poor link still gets
-	// through.
+	// at pgcourier.SlowestLink, so that a link that died without closing
+	// cannot hold the stream while a large delivery over a poor link still
+	// gets through. After a delivery that timed out, a route is given twice
+	// the time, up to maxPatience times, until one succeeds.
 	DeliveryTimeout time.Duration
 
 	Logger *slog.Logger
@@ -109,9 +110,7 @@ const (
 	recordInterval = time.Second      // how often a route's successes are recorded for status
 	outboxBackoff  = 2 * time.Second  // the wait after the local database failed
 	maxOutboxWait  = 30 * time.Second // its cap
-	// minDeliveryRate is the slowest link, in bytes a second, a delivery
-	// is given time for.
-	minDeliveryRate = 4 << 10
+	maxPatience    = 32               // the most a route's delivery time is multiplied by
 )
 
 // Router ships one node's outbox along its routes. Create it with New, run
@@ -140,6 +139,12 @@ type route struct {
 	lastErr   string
 	recorded  time.Time // when a success was last recorded
 	unsaved   uint64    // the last seq delivered, when not recorded yet
+	// limit bounds the bytes of the route's next delivery below
+	// Options.MaxBytes (0: no lower bound), and patience multiplies the
+	// time it is given (0: once). Both adapt to a link or receiver slower
+	// than the defaults allow for, and relax with every success.
+	limit    int
+	patience int
 }
 
 // New checks opts, fills in defaults and returns a Router. It starts
@@ -291,7 +296,11 @@ func (r *Router) step(ctx, work context.Context) (time.Duration, error) {
 		rt.epoch, rt.seq = p.Epoch, max(p.AppliedSeq, p.StoredSeq)+1
 		rt.synced = true
 	}
-	parcels, err := r.opts.Outbox.Pending(work, rt.epoch, rt.seq, r.opts.MaxParcels, r.opts.MaxBytes)
+	maxBytes := r.opts.MaxBytes
+	if rt.limit > 0 {
+		maxBytes = min(rt.limit, maxBytes)
+	}
+	parcels, err := r.opts.Outbox.Pending(work, rt.epoch, rt.seq, r.opts.MaxParcels, maxBytes)
 	if err != nil {
 		return 0, err
 	}
@@ -306,21 +315,63 @@ func (r *Router) step(ctx, work context.Context) (time.Duration, error) {
 	for _, p := range parcels {
 		size += len(p.Data)
 	}
-	dctx, cancel := context.WithTimeout(work, r.opts.DeliveryTimeout+time.Duration(size)*time.Second/minDeliveryRate)
+	budget := r.opts.DeliveryTimeout + time.Duration(size)*time.Second/pgcourier.SlowestLink
+	dctx, cancel := context.WithTimeout(work, budget*time.Duration(max(rt.patience, 1)))
 	receipts, derr := rt.Sink.Deliver(dctx, parcels)
 	cancel()
 	if err := r.settle(work, rt, receipts); err != nil {
 		return 0, err
 	}
 	if derr != nil {
-		r.fail(work, rt, derr)
+		if !r.adapt(rt, parcels, size, derr) {
+			r.fail(work, rt, derr)
+		}
 		return 0, nil
 	}
+	rt.limit = min(rt.limit*2, r.opts.MaxBytes) // 0 stays 0
+	if rt.limit == r.opts.MaxBytes {
+		rt.limit = 0
+	}
+	rt.patience = 0
 	if len(receipts) == 0 {
 		r.fail(work, rt, fmt.Errorf("%s answered no receipt for %d batches", rt.Name, len(parcels)))
 		return 0, nil
 	}
 	return 0, nil
+}
+
+// adapt fits the route's next delivery to a link or receiver slower than
+// the defaults allow for, after the delivery of parcels (size bytes)
+// failed with err: a receiver that refused the request for its size gets
+// half of it at once; after a delivery that timed out, the next one is
+// half as large, when it can be, and given twice the time. It reports
+// whether the route may be used again at once, without counting a failure.
+func (r *Router) adapt(rt *route, parcels []pgcourier.Parcel, size int, err error) bool {
+	switch {
+	case errors.Is(err, pgcourier.ErrTooLarge) && len(parcels) > 1:
+		rt.limit = max(size/2, 1)
+		r.log.Info("upstream refused a request this large; sending fewer batches per request",
+			"route", rt.Name, "batches", len(parcels), "bytes", size)
+		return true
+	case timedOut(err):
+		if len(parcels) > 1 {
+			rt.limit = max(size/2, 1)
+		}
+		rt.patience = min(max(rt.patience, 1)*2, maxPatience)
+		r.log.Info("delivery timed out; the next one is smaller or has longer",
+			"route", rt.Name, "batches", len(parcels), "bytes", size, "patience", rt.patience)
+	}
+	return false
+}
+
+// timedOut reports whether err says that something took too long, rather
+// than that it failed.
+func timedOut(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var t interface{ Timeout() bool }
+	return errors.As(err, &t) && t.Timeout()
 }
 
 // due reports whether any of routes is due for a probe.

@@ -813,3 +813,90 @@ func TestRouterRejectedRoute(t *testing.T) {
 		t.Errorf("route state = %+v, want the 401 recorded as needing action", st)
 	}
 }
+
+// TestRouterShrinksRefusedRequests has the upstream refuse requests over
+// 250 bytes (a body limit below the router's): the router sends fewer
+// batches per request until they get through, without failing the route,
+// and every batch arrives once, in order.
+func TestRouterShrinksRefusedRequests(t *testing.T) {
+	t.Parallel()
+	up := newUpstream()
+	ob := newFakeOutbox(t, up)
+	ob.add(1, 1, 30) // 100 bytes each
+	sink := newFakeSink(t, "route[0] rest", up)
+	sink.maxBytes = 250
+	opts := testOptions(t, ob, sink)
+	opts.MaxParcels = 10
+	startRouter(t, opts)
+
+	waitFor(t, "batches 1-30 acknowledged", ob.allAcked)
+	if diff := cmp.Diff(keys(1, 1, 30), up.applied()); diff != "" {
+		t.Errorf("batches applied upstream (-want +got):\n%s", diff)
+	}
+	log := sink.deliveryLog()
+	if len(log) == 0 || log[0].bytes != 1000 || log[0].err == nil {
+		t.Fatalf("first delivery = %+v, want 10 batches (1000 bytes) refused", log)
+	}
+	if got := log[1].bytes; got != 500 {
+		t.Errorf("second delivery has %d bytes, want half the first, 500", got)
+	}
+	if st := ob.route("route[0] rest"); st.Errors != 0 {
+		t.Errorf("route state = %+v, want no error recorded: the router adapted", st)
+	}
+}
+
+// TestRouterOneBatchTooLarge has the upstream refuse a single batch for its
+// size: nothing smaller can be sent, so the route fails as needing someone
+// to raise the upstream's limit.
+func TestRouterOneBatchTooLarge(t *testing.T) {
+	t.Parallel()
+	up := newUpstream()
+	ob := newFakeOutbox(t, up)
+	ob.add(1, 1, 2)
+	sink := newFakeSink(t, "route[0] rest", up)
+	sink.maxBytes = 50
+	startRouter(t, testOptions(t, ob, sink))
+
+	waitFor(t, "the refusal recorded", func() bool { return ob.route("route[0] rest").NeedsAction })
+	if st := ob.route("route[0] rest"); !strings.Contains(st.LastError, "413") {
+		t.Errorf("route state = %+v, want the 413 recorded", st)
+	}
+	if got := up.appliedCount(); got != 0 {
+		t.Errorf("%d batches applied, want none", got)
+	}
+}
+
+// TestRouterGivesSlowDeliveryMoreTime has every delivery take longer than
+// the router's timeout allows at first (an upstream that applies a large
+// transaction slowly): after each timeout the route is given twice the
+// time, and the batch gets through.
+func TestRouterGivesSlowDeliveryMoreTime(t *testing.T) {
+	t.Parallel()
+	up := newUpstream()
+	ob := newFakeOutbox(t, up)
+	ob.add(1, 1, 1)
+	sink := newFakeSink(t, "route[0] postgres", up)
+	sink.delay = 250 * time.Millisecond
+	opts := testOptions(t, ob, sink)
+	opts.DeliveryTimeout = 60 * time.Millisecond // plus 100 bytes at 4 KiB/s: 84 ms
+	startRouter(t, opts)
+
+	waitFor(t, "batch 1 acknowledged", ob.allAcked)
+	log := sink.deliveryLog()
+	var tries []time.Duration
+	for _, d := range log {
+		tries = append(tries, d.took.Round(10*time.Millisecond))
+	}
+	// 84 ms, 168 ms, then 336 ms, enough for 250 ms on an idle machine.
+	if len(log) < 3 || log[len(log)-1].err != nil {
+		t.Fatalf("deliveries took %v; want timeouts, then success", tries)
+	}
+	for i, d := range log[:len(log)-1] {
+		if !errors.Is(d.err, context.DeadlineExceeded) {
+			t.Errorf("delivery %d returned %v after %v, want a timeout", i, d.err, d.took)
+		}
+		if i > 0 && d.took < 2*log[i-1].took*9/10 {
+			t.Errorf("deliveries took %v: want each try given twice the time of the one before", tries)
+		}
+	}
+}

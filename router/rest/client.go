@@ -46,7 +46,7 @@ type ClientOptions struct {
 	// (the default: batches are compressed already), "gzip" or "zstd".
 	Encoding string
 	// Timeout bounds one attempt of an upload, plus the time its body takes
-	// at MinUploadRate; 0 means DefaultTimeout.
+	// at pgcourier.SlowestLink; 0 means DefaultTimeout.
 	Timeout time.Duration
 	// RetryMax is how many times one upload is retried after a network
 	// error, a timeout, a 5xx answer other than 501, or a 429; 0 means
@@ -166,14 +166,12 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	return c, nil
 }
 
-// MinUploadRate is the slowest link an upload is given time for: each
-// attempt may take Timeout plus the time to send the body at this many bytes
-// a second, so that a large request still gets through a poor link.
-const MinUploadRate = 8 << 10
-
-// uploadTimeout bounds one attempt of an upload of n body bytes.
+// uploadTimeout bounds one attempt of an upload of n body bytes: the base
+// timeout plus the time to send the body over the slowest link senders
+// allow for, as the router's time for the whole delivery does, so that a
+// large request still gets through a poor link.
 func uploadTimeout(base time.Duration, n int) time.Duration {
-	return base + time.Duration(n)*time.Second/MinUploadRate
+	return base + time.Duration(n)*time.Second/pgcourier.SlowestLink
 }
 
 // retrying returns the client's retrying client with each attempt bounded

@@ -11,8 +11,11 @@ import (
 // StatusError is an error answer from the upstream that the Client does not
 // retry, or still got after its retries: the request reached the upstream,
 // which said no. The Client returns it wrapped, so use errors.As to read it.
-// A 413 asks for fewer batches per request; a 401 or 403 for someone to fix
-// a token or the configuration.
+// A 413 asks for fewer batches per request (it matches pgcourier.ErrTooLarge);
+// a 401 or 403 for someone to fix a token or the configuration. A 502 or 504
+// comes from a proxy or gateway in front of the upstream that could not
+// reach it, and matches pgcourier.ErrUnreachable as a refused connection
+// does, so the sender probes for the upstream's return.
 type StatusError struct {
 	// StatusCode is the HTTP status of the answer, such as 403.
 	StatusCode int
@@ -36,10 +39,20 @@ func (e *StatusError) Error() string {
 	return s
 }
 
-// Is reports whether target is pgcourier.ErrRejected and the answer is one
-// that someone must act on: a client error other than a timeout (408) or
-// too many requests (429).
+// Is reports whether the answer is one that someone must act on
+// (pgcourier.ErrRejected: a client error other than a timeout, 408, or too
+// many requests, 429), a refusal of the request's size
+// (pgcourier.ErrTooLarge), or a gateway's report that the upstream is out of
+// its reach (pgcourier.ErrUnreachable).
 func (e *StatusError) Is(target error) bool {
-	return target == pgcourier.ErrRejected && e.StatusCode >= 400 && e.StatusCode < 500 &&
-		e.StatusCode != http.StatusRequestTimeout && e.StatusCode != http.StatusTooManyRequests
+	switch target {
+	case pgcourier.ErrRejected:
+		return e.StatusCode >= 400 && e.StatusCode < 500 &&
+			e.StatusCode != http.StatusRequestTimeout && e.StatusCode != http.StatusTooManyRequests
+	case pgcourier.ErrTooLarge:
+		return e.StatusCode == http.StatusRequestEntityTooLarge
+	case pgcourier.ErrUnreachable:
+		return e.StatusCode == http.StatusBadGateway || e.StatusCode == http.StatusGatewayTimeout
+	}
+	return false
 }

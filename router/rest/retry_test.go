@@ -119,8 +119,13 @@ func TestClientRetries(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Deliver() error %q, want it to contain %q", err, tt.want)
 			}
-			if errors.Is(err, pgcourier.ErrUnreachable) {
-				t.Errorf("Deliver() error %v wraps ErrUnreachable; the upstream answered", err)
+			// Only a gateway's 502 says that the upstream was out of reach;
+			// every other answer came from the upstream.
+			if got, want := errors.Is(err, pgcourier.ErrUnreachable), tt.status == http.StatusBadGateway; got != want {
+				t.Errorf("Deliver() error %v: wraps ErrUnreachable = %t, want %t", err, got, want)
+			}
+			if got, want := errors.Is(err, pgcourier.ErrTooLarge), tt.status == http.StatusRequestEntityTooLarge; got != want {
+				t.Errorf("Deliver() error %v: wraps ErrTooLarge = %t, want %t", err, got, want)
 			}
 		})
 	}
