@@ -67,7 +67,9 @@ type Options struct {
 	// nothing else prompts it.
 	StatusInterval time.Duration
 	// ReadTimeout bounds every read of the replication stream; a server that
-	// stays silent longer (it sends keepalives) is treated as gone.
+	// stays silent longer is treated as gone. A walsender whose client
+	// replies regularly sends nothing while nothing is published, so after
+	// half of it without a word capture asks the server for an answer.
 	ReadTimeout time.Duration
 
 	// Appended, if set, is called after every batch the outbox committed,
@@ -201,7 +203,16 @@ func (c *Capturer) Run(ctx context.Context) error {
 
 // session runs one replication connection until it fails or ctx is done.
 func (c *Capturer) session(ctx context.Context) error {
-	db, err := pgx.Connect(ctx, c.opts.Database)
+	cfg, err := pgx.ParseConfig(c.opts.Database)
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	// The slot hears of a position once the outbox commit that holds it
+	// returns, and never sends it again: that commit must be on disk when
+	// it returns, whatever synchronous_commit the server, database or role
+	// set. Local: a synchronous standby need not hold the outbox.
+	cfg.RuntimeParams["synchronous_commit"] = "local"
+	db, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
@@ -287,6 +298,13 @@ type stream struct {
 	durable    pgcourier.LSN // confirmed to the slot: everything before it is in the outbox
 	nextStatus time.Time
 
+	// heard is when the server was last heard from, or when capture went
+	// back to reading after a pause in which it did not listen (a snapshot
+	// chunk); asked says a status update asking for an answer has been
+	// sent since.
+	heard time.Time
+	asked bool
+
 	types map[typeKey]string
 }
 
@@ -314,7 +332,7 @@ func (s *stream) typeName(ctx context.Context, oid uint32, typmod int32) (string
 func (s *stream) run(ctx context.Context) error {
 	opts := s.c.opts
 	s.nextStatus = time.Now().Add(opts.StatusInterval)
-	lastHeard := time.Now()
+	s.heard = time.Now()
 	// Reads block on the connection without a context; cancelling ctx
 	// wakes a blocked read by moving its deadline to now.
 	var readDeadline time.Time
@@ -332,13 +350,16 @@ func (s *stream) run(ctx context.Context) error {
 			if err := s.snap.start(ctx); err != nil {
 				return err
 			}
-			lastHeard = time.Now() // the server was not silent: nobody listened
+			s.heard, s.asked = time.Now(), false // the server was not silent: nobody listened
 		}
 		deadline := s.nextStatus
 		if len(s.pending) > 0 && s.flushAt.Before(deadline) {
 			deadline = s.flushAt
 		}
-		if heardBy := lastHeard.Add(opts.ReadTimeout); heardBy.Before(deadline) {
+		if askAt := s.askAt(); !s.asked && askAt.Before(deadline) {
+			deadline = askAt
+		}
+		if heardBy := s.heard.Add(opts.ReadTimeout); heardBy.Before(deadline) {
 			deadline = heardBy
 		}
 		// The read deadline lives on the connection and changes only when
@@ -366,7 +387,7 @@ func (s *stream) run(ctx context.Context) error {
 			if !pgconn.Timeout(err) {
 				return fmt.Errorf("receive: %w", err)
 			}
-			if time.Since(lastHeard) >= opts.ReadTimeout {
+			if time.Since(s.heard) >= opts.ReadTimeout {
 				return fmt.Errorf("receive: no message from the server for %s", opts.ReadTimeout)
 			}
 			if err := s.tick(ctx); err != nil {
@@ -374,7 +395,7 @@ func (s *stream) run(ctx context.Context) error {
 			}
 			continue
 		}
-		lastHeard = time.Now()
+		s.heard, s.asked = time.Now(), false
 		switch msg := raw.(type) {
 		case *pgproto3.CopyData:
 			if err := s.copyData(ctx, msg.Data); err != nil {
@@ -391,7 +412,8 @@ func (s *stream) run(ctx context.Context) error {
 	}
 }
 
-// tick flushes a batch that is due and sends a status update that is due.
+// tick flushes a batch that is due and sends a status update that is due,
+// or one that asks the server for an answer (see askAt).
 func (s *stream) tick(ctx context.Context) error {
 	now := time.Now()
 	if len(s.pending) > 0 && !now.Before(s.flushAt) {
@@ -399,10 +421,25 @@ func (s *stream) tick(ctx context.Context) error {
 			return err
 		}
 	}
-	if !now.Before(s.nextStatus) {
+	if !now.Before(s.nextStatus) || (!s.asked && !now.Before(s.askAt())) {
 		return s.sendStatus(ctx)
 	}
 	return nil
+}
+
+// askAt returns when capture asks the server for an answer, if it has not
+// heard from it by then. A walsender pings its client only when the client
+// has not replied for half of wal_sender_timeout, and capture replies every
+// StatusInterval: on a quiet database, or while the server decodes a long
+// stretch of WAL that publishes nothing (a large transaction on a table
+// not captured, after a restart), the server would say nothing until
+// ReadTimeout ended the session, and the next session would start that
+// stretch over.
+// Asked, it answers with a keepalive at once, even while decoding; a large
+// transaction it replays at its commit delays the answer by at most half
+// of wal_sender_timeout.
+func (s *stream) askAt() time.Time {
+	return s.heard.Add(s.c.opts.ReadTimeout / 2)
 }
 
 func (s *stream) copyData(ctx context.Context, data []byte) error {
@@ -498,6 +535,21 @@ func (s *stream) commit(ctx context.Context, t *committed) error {
 		// Already in the outbox: the slot had not heard so before a crash.
 		keep = false
 	}
+	var restarts []snapProgress
+	if !t.skipped {
+		// When an update in the transaction makes a snapshot start over,
+		// the restart is recorded with the batch that holds it (see
+		// moved). The changes of a transaction the outbox holds already
+		// were dropped on the way in: it does not restart one again.
+		// moved runs before the transaction joins the pending batch, which
+		// shutdown writes even when the session ended in moved: that batch
+		// must not hold the transaction without its restart, or a restarted
+		// capture would skip the transaction and the restart with it.
+		var err error
+		if restarts, err = s.snap.moved(ctx, &t.tx); err != nil {
+			return err
+		}
+	}
 	if keep {
 		if len(s.pending) > 0 && tx.CommitTime.Sub(s.pending[0].CommitTime) > s.c.opts.MaxBatchSpan ||
 			t.parted && len(s.pending) > 0 {
@@ -515,17 +567,7 @@ func (s *stream) commit(ctx context.Context, t *committed) error {
 	if prog != nil {
 		s.progress = append(s.progress, *prog)
 	}
-	if !t.skipped {
-		// When an update in the transaction makes a snapshot start over,
-		// the restart is recorded with the batch that holds it (see
-		// moved). The changes of a transaction the outbox holds already
-		// were dropped on the way in: it does not restart one again.
-		restarts, err := s.snap.moved(ctx, &t.tx)
-		if err != nil {
-			return err
-		}
-		s.progress = append(s.progress, restarts...)
-	}
+	s.progress = append(s.progress, restarts...)
 	s.processed = t.endLSN
 	if len(s.pending) == 0 {
 		if len(s.progress) > 0 {
@@ -570,16 +612,21 @@ func (s *stream) flush(ctx context.Context) error {
 
 // sendStatus tells the slot what is durable: write, flush and apply
 // positions are all the outbox's position, never what is merely received.
+// Once the server has been silent past askAt, it asks for an answer.
 func (s *stream) sendStatus(ctx context.Context) error {
+	now := time.Now()
+	ask := !s.asked && !now.Before(s.askAt())
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.repl, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: pglogrepl.LSN(s.durable),
 		WALFlushPosition: pglogrepl.LSN(s.durable),
 		WALApplyPosition: pglogrepl.LSN(s.durable),
+		ReplyRequested:   ask,
 	})
 	if err != nil {
 		return fmt.Errorf("send standby status: %w", err)
 	}
-	s.nextStatus = time.Now().Add(s.c.opts.StatusInterval)
+	s.asked = s.asked || ask
+	s.nextStatus = now.Add(s.c.opts.StatusInterval)
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -77,9 +78,9 @@ func testOptions(c *pgtest.Cluster, filter pgcourier.TableFilter) Options {
 	}
 }
 
-// runCapture runs a Capturer until the test ends, and fails the test if Run
-// returns an error.
-func runCapture(t *testing.T, opts Options) {
+// runCapture runs a Capturer until the test ends or stop is called, which
+// returns once Run has; it fails the test if Run returns an error.
+func runCapture(t *testing.T, opts Options) (stop func()) {
 	t.Helper()
 	cp, err := New(opts)
 	if err != nil {
@@ -88,12 +89,17 @@ func runCapture(t *testing.T, opts Options) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- cp.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run = %v, want nil after cancel", err)
-		}
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run = %v, want nil after cancel", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // outboxBatches decodes every batch in the outbox, in seq order.
@@ -361,6 +367,125 @@ func TestCaptureAdvancesIdleSlot(t *testing.T) {
 	}
 	if rows := changes(outboxBatches(t, conn)); len(rows) != 0 {
 		t.Errorf("outbox holds %d changes of unpublished tables, want none", len(rows))
+	}
+}
+
+// TestCaptureIdleSession: a walsender whose client replies regularly says
+// nothing while nothing is published; it pings only a client that has not
+// replied for half of wal_sender_timeout (60 s here). Capture asks it for
+// an answer before ReadTimeout, and keeps its session on a quiet database.
+func TestCaptureIdleSession(t *testing.T) {
+	c := pgtest.Start(t)
+	c.Exec(t, `CREATE TABLE subject (id int PRIMARY KEY)`)
+	prepare(t, c, allPublic)
+	var buf syncBuffer
+	opts := testOptions(c, allPublic)
+	opts.ReadTimeout = 2 * time.Second
+	opts.Logger = slog.New(slog.NewTextHandler(&buf, nil))
+	runCapture(t, opts)
+
+	conn := c.Connect(t)
+	c.Exec(t, `INSERT INTO subject VALUES (1)`)
+	waitChanges(t, conn, 1)
+	time.Sleep(3 * opts.ReadTimeout)
+	if n := strings.Count(buf.String(), "capture interrupted"); n > 0 {
+		t.Errorf("capture interrupted %d times in %s on a quiet database, want none:\n%s", n, 3*opts.ReadTimeout, buf.String())
+	}
+	c.Exec(t, `INSERT INTO subject VALUES (2)`)
+	waitChanges(t, conn, 2)
+}
+
+// TestCaptureSilentBacklog: a capturer that was stopped finds WAL written
+// meanwhile, here a large transaction on a table that is not captured. The
+// walsender decodes it without a message to the client, for longer than
+// ReadTimeout; unless capture hears from it all the same, it gives up the
+// session, starts over from the same place the next time, and never gets
+// to the change after it. While the walsender replays the transaction at
+// its commit it reads replies only every half of wal_sender_timeout, which
+// must stay below ReadTimeout (60 s against 90 s by default, 2 s against
+// 5 s here, which leaves room for a loaded machine).
+func TestCaptureSilentBacklog(t *testing.T) {
+	c := pgtest.Start(t, pgtest.Options{Settings: map[string]string{"wal_sender_timeout": "2s"}})
+	c.Exec(t, `CREATE TABLE subject (id int PRIMARY KEY)`)
+	c.Exec(t, `CREATE TABLE churn (id int PRIMARY KEY, x int)`)
+	filter := pgcourier.TableFilter{Include: []string{"public.subject"}}
+	prepare(t, c, filter)
+	conn := c.Connect(t)
+	var buf syncBuffer
+	opts := testOptions(c, filter)
+	opts.ReadTimeout = 5 * time.Second
+	opts.Logger = slog.New(slog.NewTextHandler(&buf, nil))
+
+	stop := runCapture(t, opts)
+	c.Exec(t, `INSERT INTO subject VALUES (1)`)
+	waitChanges(t, conn, 1)
+	stop()
+
+	c.Exec(t, `INSERT INTO churn SELECT g, g FROM generate_series(1, 4000000) g`)
+	c.Exec(t, `INSERT INTO subject VALUES (2)`)
+	start := time.Now()
+	runCapture(t, opts)
+	deadline := start.Add(60 * time.Second)
+	for {
+		if n := strings.Count(buf.String(), "capture interrupted"); n > 0 {
+			t.Fatalf("capture interrupted while the server decoded the backlog, want it to go on:\n%s", buf.String())
+		}
+		var rows int
+		if err := conn.QueryRow(context.Background(), `SELECT coalesce(sum(rows), 0) FROM pgcourier.outbox`).Scan(&rows); err != nil {
+			t.Fatal(err)
+		}
+		if rows >= 2 {
+			t.Logf("change after the backlog captured in %s", time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("change after the backlog not captured in 60 s:\n%s", buf.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestCaptureOutboxCommitDurable: the slot never sends again what capture
+// confirmed, so the outbox commit must be on disk when it returns, even
+// where an operator turned synchronous_commit off. A trigger records the
+// setting the outbox writes run under.
+func TestCaptureOutboxCommitDurable(t *testing.T) {
+	c := pgtest.Start(t)
+	c.Exec(t, `CREATE TABLE subject (id int PRIMARY KEY)`)
+	prepare(t, c, allPublic)
+	c.Exec(t, `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = off', current_database()); END $$`)
+	c.Exec(t, `CREATE SCHEMA probe`)
+	c.Exec(t, `CREATE TABLE probe.outbox_writes (seq bigint, synchronous_commit text)`)
+	c.Exec(t, `
+		CREATE FUNCTION probe.record() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			INSERT INTO probe.outbox_writes VALUES (NEW.seq, current_setting('synchronous_commit'));
+			RETURN NULL;
+		END $$`)
+	c.Exec(t, `CREATE TRIGGER record AFTER INSERT ON pgcourier.outbox FOR EACH ROW EXECUTE FUNCTION probe.record()`)
+	ctx := context.Background()
+	conn := c.Connect(t)
+	var setting string
+	if err := conn.QueryRow(ctx, `SHOW synchronous_commit`).Scan(&setting); err != nil {
+		t.Fatal(err)
+	}
+	if setting != "off" {
+		t.Fatalf("synchronous_commit of a new connection = %s, want off (the database's setting)", setting)
+	}
+	runCapture(t, testOptions(c, allPublic))
+
+	c.Exec(t, `INSERT INTO subject VALUES (1)`)
+	waitChanges(t, conn, 1)
+	rows, err := conn.Query(ctx, `SELECT seq || ' ' || synchronous_commit FROM probe.outbox_writes ORDER BY seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"1 local"}; !slices.Equal(got, want) {
+		t.Errorf("outbox writes (seq and synchronous_commit) = %q, want %q", got, want)
 	}
 }
 

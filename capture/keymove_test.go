@@ -227,3 +227,90 @@ func TestSnapshotResumesInItsKey(t *testing.T) {
 		})
 	}
 }
+
+// TestSnapshotKeyMoveAtShutdown stops capture while it compares the keys of
+// an update that moves a row the snapshot has not copied yet to a key it
+// has, leaving a large value unchanged (see moved). What capture writes on
+// the way out must not hold that update without the snapshot's restart: a
+// restarted capture skips what the outbox holds, and no chunk would copy
+// the moved row. The key's type is a domain whose check waits for advisory
+// locks the test holds: lock 1 when the key is 399, which stops the
+// snapshot before its third chunk, lock 2 when the key is negative, which
+// stops the comparison of the key the row moves to.
+func TestSnapshotKeyMoveAtShutdown(t *testing.T) {
+	c := pgtest.Start(t)
+	c.Exec(t, `
+		CREATE FUNCTION hold(k bigint) RETURNS bool LANGUAGE plpgsql AS $$
+		BEGIN
+			IF k = 399 THEN PERFORM pg_advisory_xact_lock_shared(1); END IF;
+			IF k < 0 THEN PERFORM pg_advisory_xact_lock_shared(2); END IF;
+			RETURN true;
+		END $$`)
+	c.Exec(t, `CREATE DOMAIN visit_key AS bigint CHECK (hold(VALUE))`)
+	c.Exec(t, `CREATE TABLE visit (id visit_key PRIMARY KEY, v text, form text)`)
+	c.Exec(t, `ALTER TABLE visit ALTER form SET STORAGE EXTERNAL`)
+	c.Exec(t, `INSERT INTO visit SELECT g, 'v' || g, repeat(md5(g::text), 100) FROM generate_series(0, 5999) g`)
+	c.Exec(t, markerTable)
+	prepare(t, c, allPublic)
+	ctx := context.Background()
+	conn := c.Connect(t)
+	// A session's own locks never hold it: the update below runs here.
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(1), pg_advisory_lock(2)`); err != nil {
+		t.Fatal(err)
+	}
+	waitLock := func(key int) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			var waiting bool
+			err := conn.QueryRow(ctx, `
+				SELECT EXISTS (SELECT FROM pg_locks
+				                WHERE locktype = 'advisory' AND objid = $1 AND NOT granted
+				                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))`, key).Scan(&waiting)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if waiting {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no session waits for advisory lock %d after 30 s", key)
+			}
+		}
+	}
+	opts := testOptions(c, allPublic)
+	opts.SnapshotChunkRows = 200
+	logs := &syncBuffer{}
+	opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	stop := runCapture(t, opts)
+
+	waitLock(1) // rows 0 to 399 copied
+	if _, err := conn.Exec(ctx, `UPDATE visit SET id = -id, v = v || '>' WHERE id = 5999`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_unlock(1)`); err != nil {
+		t.Fatal(err)
+	}
+	waitLock(2) // capture compares the update's keys
+	stop()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_unlock(2)`); err != nil {
+		t.Fatal(err)
+	}
+
+	runCapture(t, opts)
+	snapshotDone(t, conn)
+	waitCaughtUp(t, c, conn)
+	rows, unapplied := replayUpstream(t, conn, "visit", "id", nil)
+	var got []string
+	for _, r := range rows {
+		got = append(got, fmt.Sprintf("id=%s,v=%s,form=%d", r["id"], r["v"], len(r["form"])))
+	}
+	sort.Strings(got)
+	want := sortedLines(t, conn, `SELECT format('id=%s,v=%s,form=%s', id, v, length(form)) FROM visit`)
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("replaying the outbox gives %d rows, the table holds %d (%d updates came before their row's copy); first differences:\n%s",
+			len(got), len(want), unapplied, firstDiff(got, want))
+	}
+	if !strings.Contains(logs.String(), "copying the table again from the start") {
+		t.Error("the snapshot did not start over, want it to after the update")
+	}
+}
