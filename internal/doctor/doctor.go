@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -64,6 +65,7 @@ func Run(ctx context.Context, conn *pgx.Conn, opts Options) ([]Check, error) {
 		{opts.Capture, replicationSlots},
 		{opts.Capture, walSenders},
 		{opts.Capture, slotWALKeepSize},
+		{opts.Capture, walSenderTimeout},
 		{opts.Capture, replicationPrivilege},
 		{opts.Role.Applies(), requireSetting("track_commit_timestamp", "on", "last-writer-wins needs each row's commit time")},
 		{opts.Role.Applies(), originPrivilege},
@@ -185,6 +187,31 @@ func slotWALKeepSize(ctx context.Context, conn *pgx.Conn, _ Options) (Check, err
 	default:
 		c.Detail = fmt.Sprintf("%d MB: a burst of writes while pgcourier is stopped can invalidate its slot and force a resync", mb)
 		c.Fix = "ALTER SYSTEM SET max_slot_wal_keep_size = -1; SELECT pg_reload_conf();  -- or a limit of at least 1GB"
+	}
+	return c, nil
+}
+
+// walSenderTimeout accepts a wal_sender_timeout under capture's read
+// timeout, or none. Capture asks a silent server for an answer after half
+// its read timeout; a walsender replaying a large transaction reads the
+// question only every half of wal_sender_timeout, so a longer one can make
+// capture give up its session in the middle of every such transaction.
+func walSenderTimeout(ctx context.Context, conn *pgx.Conn, _ Options) (Check, error) {
+	c := Check{Name: "wal_sender_timeout"}
+	var ms int64
+	if err := conn.QueryRow(ctx, `SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout'`).Scan(&ms); err != nil {
+		return c, fmt.Errorf("read wal_sender_timeout: %w", err)
+	}
+	limit := capture.DefaultReadTimeout
+	d := time.Duration(ms) * time.Millisecond
+	switch {
+	case ms == 0:
+		c.OK, c.Detail = true, "0 (no timeout)"
+	case d < limit:
+		c.OK, c.Detail = true, d.String()
+	default:
+		c.Detail = fmt.Sprintf("%s: capture gives up a session after %s without a word from the server", d, limit)
+		c.Fix = "ALTER SYSTEM SET wal_sender_timeout = '60s'; SELECT pg_reload_conf();"
 	}
 	return c, nil
 }

@@ -59,7 +59,7 @@ func TestRunHealthyClient(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"server version", "wal_level", "max_replication_slots", "max_wal_senders",
-		"max_slot_wal_keep_size", "replication privilege", "replica identity", "replication slot", "pgcourier schema"} {
+		"max_slot_wal_keep_size", "wal_sender_timeout", "replication privilege", "replica identity", "replication slot", "pgcourier schema"} {
 		find(t, checks, name)
 	}
 	if Failed(checks) {
@@ -73,6 +73,7 @@ func TestRunFindsProblems(t *testing.T) {
 		"wal_level":              "replica",
 		"track_commit_timestamp": "off",
 		"max_slot_wal_keep_size": "64MB",
+		"wal_sender_timeout":     "5min",
 	}})
 	c.Exec(t, `CREATE TABLE visit (code text, weight numeric)`)
 	c.Exec(t, `CREATE TABLE specimen (id int, taken date) PARTITION BY RANGE (taken)`)
@@ -88,6 +89,7 @@ func TestRunFindsProblems(t *testing.T) {
 	want := map[string]string{
 		"wal_level":              "ALTER SYSTEM SET wal_level = logical;",
 		"max_slot_wal_keep_size": "ALTER SYSTEM SET max_slot_wal_keep_size = -1;",
+		"wal_sender_timeout":     "ALTER SYSTEM SET wal_sender_timeout = '60s';",
 		"replica identity":       `ALTER TABLE public.specimen_2026 REPLICA IDENTITY FULL; ALTER TABLE public.visit REPLICA IDENTITY FULL;`,
 		"pgcourier schema":       "pgcourier init -c FILE",
 		"replication slot":       "pgcourier init -c FILE",
