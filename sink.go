@@ -98,8 +98,9 @@ type Sink interface {
 	//
 	// An error means the link or the receiver failed: parcels without a
 	// receipt may or may not have arrived. It wraps ErrUnreachable when the
-	// receiver could not be reached at all. Deliver is safe for concurrent
-	// use; parcels of one source must not be delivered concurrently.
+	// receiver could not be reached at all, and ErrTooLarge when it refused
+	// the request for its size. Deliver is safe for concurrent use; parcels
+	// of one source must not be delivered concurrently.
 	Deliver(ctx context.Context, parcels []Parcel) ([]Receipt, error)
 	// Progress returns the receiver's position for source. It is cheap:
 	// senders use it to probe a link that was down.
@@ -107,7 +108,8 @@ type Sink interface {
 }
 
 // ErrUnreachable is wrapped by a Sink's errors when its receiver could not
-// be reached at all (no route, connection refused, timeout).
+// be reached at all (no route, connection refused, timeout, or a gateway in
+// front of it that could not reach it).
 var ErrUnreachable = errors.New("upstream unreachable")
 
 // ErrTooLarge is wrapped by a Sink's errors when the receiver refused a
@@ -118,8 +120,11 @@ var ErrTooLarge = errors.New("request too large for the upstream")
 
 // SlowestLink is the slowest link, in bytes a second, that a delivery is
 // given time for: senders let a delivery take as long as its parcels need
-// at this rate, on top of a fixed timeout.
+// at this rate (LinkTime), on top of a fixed timeout.
 const SlowestLink = 4 << 10
+
+// LinkTime returns how long n bytes take over the slowest link.
+func LinkTime(n int) time.Duration { return time.Duration(n) * time.Second / SlowestLink }
 
 // ErrRejected is wrapped by a Sink's errors when the receiver refused the
 // request itself: a token it does not know or that speaks for another

@@ -530,6 +530,7 @@ type fakeSink struct {
 // delivery is one call of Deliver.
 type delivery struct {
 	at      time.Time
+	given   time.Duration // until the context's deadline, as the call began; 0 without one
 	parcels []key
 	bytes   int
 	done    bool          // Deliver returned
@@ -579,6 +580,9 @@ func (s *fakeSink) setFaults(f faults) {
 func (s *fakeSink) Deliver(ctx context.Context, parcels []pgcourier.Parcel) ([]pgcourier.Receipt, error) {
 	s.mu.Lock()
 	d := delivery{at: time.Now()}
+	if dl, ok := ctx.Deadline(); ok {
+		d.given = time.Until(dl)
+	}
 	for _, p := range parcels {
 		k := key{p.Epoch, p.Seq}
 		d.parcels = append(d.parcels, k)

@@ -82,8 +82,9 @@ type Options struct {
 	// DeliveryTimeout bounds one delivery, plus the time its batches take
 	// at pgcourier.SlowestLink, so that a link that died without closing
 	// cannot hold the stream while a large delivery over a poor link still
-	// gets through. After a delivery that timed out, a route is given twice
-	// the time, up to maxPatience times, until one succeeds.
+	// gets through. After a delivery that timed out, a route's deliveries
+	// are smaller and given more time, up to a quarter of an hour (see
+	// adapt).
 	DeliveryTimeout time.Duration
 
 	Logger *slog.Logger
@@ -110,7 +111,14 @@ const (
 	recordInterval = time.Second      // how often a route's successes are recorded for status
 	outboxBackoff  = 2 * time.Second  // the wait after the local database failed
 	maxOutboxWait  = 30 * time.Second // its cap
-	maxPatience    = 32               // the most a route's delivery time is multiplied by
+	// maxDeliveryTime caps the time a delivery is given however slow its
+	// route proved (unless its bytes alone need more at the slowest link):
+	// a link that died without closing holds the stream this long at most.
+	maxDeliveryTime = 15 * time.Minute
+	maxPatience     = 1 << 10 // bounds patience well past maxDeliveryTime, so it cannot overflow
+	// adaptMemory is how long a route remembers the size of a delivery
+	// that failed for its size or timed out, and sends less than that.
+	adaptMemory = 10 * time.Minute
 )
 
 // Router ships one node's outbox along its routes. Create it with New, run
@@ -140,11 +148,12 @@ type route struct {
 	recorded  time.Time // when a success was last recorded
 	unsaved   uint64    // the last seq delivered, when not recorded yet
 	// limit bounds the bytes of the route's next delivery below
-	// Options.MaxBytes (0: no lower bound), and patience multiplies the
-	// time it is given (0: once). Both adapt to a link or receiver slower
-	// than the defaults allow for, and relax with every success.
+	// Options.MaxBytes (0: no bound of its own), and patience multiplies
+	// the time it is given (0: once). Both adapt to a link or receiver
+	// slower than the defaults allow for (see adapt and relax).
 	limit    int
 	patience int
+	failedAt time.Time // when a delivery last failed for its size or timed out
 }
 
 // New checks opts, fills in defaults and returns a Router. It starts
@@ -315,9 +324,12 @@ func (r *Router) step(ctx, work context.Context) (time.Duration, error) {
 	for _, p := range parcels {
 		size += len(p.Data)
 	}
-	budget := r.opts.DeliveryTimeout + time.Duration(size)*time.Second/pgcourier.SlowestLink
-	dctx, cancel := context.WithTimeout(work, budget*time.Duration(max(rt.patience, 1)))
+	budget := r.opts.DeliveryTimeout + pgcourier.LinkTime(size)
+	given := max(min(budget*time.Duration(max(rt.patience, 1)), maxDeliveryTime), budget)
+	dctx, cancel := context.WithTimeout(work, given)
+	started := time.Now()
 	receipts, derr := rt.Sink.Deliver(dctx, parcels)
+	took := time.Since(started)
 	cancel()
 	if err := r.settle(work, rt, receipts); err != nil {
 		return 0, err
@@ -328,11 +340,7 @@ func (r *Router) step(ctx, work context.Context) (time.Duration, error) {
 		}
 		return 0, nil
 	}
-	rt.limit = min(rt.limit*2, r.opts.MaxBytes) // 0 stays 0
-	if rt.limit == r.opts.MaxBytes {
-		rt.limit = 0
-	}
-	rt.patience = 0
+	r.relax(rt, took, budget)
 	if len(receipts) == 0 {
 		r.fail(work, rt, fmt.Errorf("%s answered no receipt for %d batches", rt.Name, len(parcels)))
 		return 0, nil
@@ -349,7 +357,7 @@ func (r *Router) step(ctx, work context.Context) (time.Duration, error) {
 func (r *Router) adapt(rt *route, parcels []pgcourier.Parcel, size int, err error) bool {
 	switch {
 	case errors.Is(err, pgcourier.ErrTooLarge) && len(parcels) > 1:
-		rt.limit = max(size/2, 1)
+		rt.limit, rt.failedAt = max(size/2, 1), time.Now()
 		r.log.Info("upstream refused a request this large; sending fewer batches per request",
 			"route", rt.Name, "batches", len(parcels), "bytes", size)
 		return true
@@ -357,11 +365,29 @@ func (r *Router) adapt(rt *route, parcels []pgcourier.Parcel, size int, err erro
 		if len(parcels) > 1 {
 			rt.limit = max(size/2, 1)
 		}
-		rt.patience = min(max(rt.patience, 1)*2, maxPatience)
-		r.log.Info("delivery timed out; the next one is smaller or has longer",
+		rt.patience, rt.failedAt = min(max(rt.patience, 1)*2, maxPatience), time.Now()
+		r.log.Debug("delivery timed out; the next one is smaller and given longer",
 			"route", rt.Name, "batches", len(parcels), "bytes", size, "patience", rt.patience)
 	}
 	return false
+}
+
+// relax lets the route's deliveries grow back after one that succeeded in
+// took, of a delivery given budget at first: the time it is given halves
+// when it used less than a quarter of that; the size doubles once no
+// delivery failed for its size or timed out for adaptMemory. A route on a
+// link that stays poor so settles at what gets through, rather than
+// failing every other delivery.
+func (r *Router) relax(rt *route, took, budget time.Duration) {
+	if rt.patience > 1 && took < budget/4 {
+		rt.patience /= 2
+	}
+	if rt.limit == 0 || time.Since(rt.failedAt) < adaptMemory {
+		return
+	}
+	if rt.limit *= 2; rt.limit >= r.opts.MaxBytes {
+		rt.limit = 0
+	}
 }
 
 // timedOut reports whether err says that something took too long, rather

@@ -171,7 +171,7 @@ func NewClient(opts ClientOptions) (*Client, error) {
 // allow for, as the router's time for the whole delivery does, so that a
 // large request still gets through a poor link.
 func uploadTimeout(base time.Duration, n int) time.Duration {
-	return base + time.Duration(n)*time.Second/pgcourier.SlowestLink
+	return base + pgcourier.LinkTime(n)
 }
 
 // retrying returns the client's retrying client with each attempt bounded

@@ -39,6 +39,14 @@ func (e *StatusError) Error() string {
 	return s
 }
 
+// Timeout reports whether the answer says that something took too long: a
+// gateway that gave up waiting for the upstream (504), or an upstream that
+// gave up waiting for the request (408). A sender may then send less at
+// once, or wait longer.
+func (e *StatusError) Timeout() bool {
+	return e.StatusCode == http.StatusGatewayTimeout || e.StatusCode == http.StatusRequestTimeout
+}
+
 // Is reports whether the answer is one that someone must act on
 // (pgcourier.ErrRejected: a client error other than a timeout, 408, or too
 // many requests, 429), a refusal of the request's size

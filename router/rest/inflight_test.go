@@ -200,7 +200,7 @@ func TestSlowApplyOutlivesSender(t *testing.T) {
 	}
 	sink.wait.Store(0)
 	go func() { <-sink.entered; <-sink.ended }()
-	rs, err := c.Deliver(t.Context(), ps)
+	rs, err := newTestClient(t, srv.URL, token, ClientOptions{}).Deliver(t.Context(), ps)
 	if err != nil {
 		t.Fatalf("Deliver() again = %v", err)
 	}

@@ -83,6 +83,9 @@ func TestClientRetries(t *testing.T) {
 		{"502 until retries run out", func(i int64, w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "<html>bad gateway</html>", http.StatusBadGateway)
 		}, 2, 3, http.StatusBadGateway, 0, "502 Bad Gateway: <html>bad gateway</html>"},
+		{"504 until retries run out", func(i int64, w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "upstream timed out", http.StatusGatewayTimeout)
+		}, 1, 2, http.StatusGatewayTimeout, 0, "504 Gateway Timeout: upstream timed out"},
 		{"no retries", func(i int64, w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}, -1, 1, http.StatusServiceUnavailable, 0, "503"},
@@ -119,9 +122,10 @@ func TestClientRetries(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Deliver() error %q, want it to contain %q", err, tt.want)
 			}
-			// Only a gateway's 502 says that the upstream was out of reach;
-			// every other answer came from the upstream.
-			if got, want := errors.Is(err, pgcourier.ErrUnreachable), tt.status == http.StatusBadGateway; got != want {
+			// Only a gateway's 502 or 504 says that the upstream was out of
+			// reach; every other answer came from the upstream.
+			gateway := tt.status == http.StatusBadGateway || tt.status == http.StatusGatewayTimeout
+			if got, want := errors.Is(err, pgcourier.ErrUnreachable), gateway; got != want {
 				t.Errorf("Deliver() error %v: wraps ErrUnreachable = %t, want %t", err, got, want)
 			}
 			if got, want := errors.Is(err, pgcourier.ErrTooLarge), tt.status == http.StatusRequestEntityTooLarge; got != want {

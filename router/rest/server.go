@@ -105,8 +105,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	// flight had their time.
 	closing, closeNow := context.WithCancel(context.Background())
 	defer closeNow()
+	sv := &serving{closing: closing}
 	srv.BaseContext = func(net.Listener) context.Context {
-		return context.WithValue(context.Background(), servingKey{}, closing)
+		return context.WithValue(context.Background(), servingKey{}, sv)
 	}
 
 	served := make(chan error, 1)
@@ -134,6 +135,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		log.Warn("requests still in flight at shutdown; closing their connections", "err", err)
 		closeNow()
 		srv.Close()
+	}
+	// The applies that outlived their requests end now; they roll back
+	// before Serve returns, so the caller may close what they use.
+	closeNow()
+	sv.close()
+	rolledBack := make(chan struct{})
+	go func() { sv.applies.Wait(); close(rolledBack) }()
+	select {
+	case <-rolledBack:
+	case <-time.After(grace):
+		log.Warn("applies still ending at shutdown; not waiting for them")
 	}
 	<-served // http.ErrServerClosed
 	log.Info("stopped listening", "addr", ln.Addr().String())

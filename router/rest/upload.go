@@ -43,6 +43,10 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, source, rawSeq 
 	actx, cancel := applyContext(r)
 	receipts, err := h.deliver(r.Context(), actx, h.lanes[source], parcels)
 	cancel()
+	if r.Context().Err() != nil && err == nil && len(receipts) > 0 {
+		h.log.Info("batches applied after their sender stopped waiting; it will hear they are duplicates",
+			"source", source, "seq", seq, "batches", len(receipts))
+	}
 	if err != nil {
 		level := slog.LevelWarn
 		if r.Context().Err() != nil {
@@ -176,8 +180,9 @@ func (h *Handler) tooLarge() *refusal {
 	return &refusal{http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is over this node's limit of %d bytes, as sent or decompressed: send fewer batches per request", h.maxBody)}
 }
 
-// deliver hands parcels to the sink through the source's lane, and to the
-// sink under actx (see applyContext); ctx is the request's. A sender may
+// deliver hands parcels to the sink through the source's lane: it waits
+// for the lane while ctx, the request's context, lasts, and the sink works
+// under actx (see applyContext). A sender may
 // have two uploads of a source in flight, and the later one can reach the
 // sink first and hear of a gap that the earlier one is about to fill. So
 // when the sink answers a gap before the first parcel, deliver waits for
@@ -224,21 +229,56 @@ func (h *Handler) deliverOnce(ctx, actx context.Context, l *lane, parcels []pgco
 	return receipts, progressed, err
 }
 
-// servingKey is the key of the context a Server puts in every request's
-// context: it ends when the Server stops waiting for the requests in flight.
+// maxApply bounds an apply that goes on after its sender stopped waiting:
+// one that long is stuck (on a lock, say), and holds its source's lane.
+const maxApply = time.Hour
+
+// servingKey is the key under which a Server puts its *serving in every
+// request's context.
 type servingKey struct{}
+
+// serving is what a Server's handlers share with it: the applies under way,
+// which the Server ends and waits for when it closes.
+type serving struct {
+	closing context.Context // done when the Server closes
+	mu      sync.Mutex
+	closed  bool
+	applies sync.WaitGroup
+}
+
+// begin counts an apply about to start; false once the Server closed.
+func (s *serving) begin() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.applies.Add(1)
+	}
+	return !s.closed
+}
+
+// close stops new applies from starting; the caller ends closing first.
+func (s *serving) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+}
 
 // applyContext returns the context an upload's batches are applied under.
 // It does not end when the sender stops waiting — an attempt that timed out
 // while a large transaction applied, a link that dropped — so the apply
 // still commits and the sender's next attempt hears "duplicate" instead of
-// starting it all over. It ends when the Server serving r closes.
+// starting it all over. It ends after maxApply, or when the Server serving
+// r closes, which waits for it.
 func applyContext(r *http.Request) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
-	closing, ok := r.Context().Value(servingKey{}).(context.Context)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), maxApply)
+	sv, ok := r.Context().Value(servingKey{}).(*serving)
 	if !ok {
 		return ctx, cancel
 	}
-	unhook := context.AfterFunc(closing, cancel)
-	return ctx, func() { unhook(); cancel() }
+	if !sv.begin() {
+		cancel()
+		return ctx, cancel
+	}
+	unhook := context.AfterFunc(sv.closing, cancel)
+	return ctx, func() { unhook(); cancel(); sv.applies.Done() }
 }
