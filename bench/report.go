@@ -346,20 +346,10 @@ func (r *report) paceWithCapture() string {
 func (r *report) vsOffline() string {
 	var out []string
 	for _, w := range r.Workloads {
-		rate := map[string]float64{}
-		for _, res := range r.Results {
-			if res.Workload == w.ID && res.Mode == "backlog" && res.Error == "" {
-				rate[res.Contender] = res.RowsPerS
-			}
-		}
-		base := rate["native-offline"]
-		if base <= 0 {
-			continue
-		}
 		var parts []string
 		for _, c := range []string{"rest", "postgres"} {
-			if v, ok := rate[c]; ok {
-				parts = append(parts, fmt.Sprintf("%s %.2f×", c, v/base))
+			if v, ok := r.rateOver(w.ID, c, "native-offline"); ok {
+				parts = append(parts, fmt.Sprintf("%s %.2f×", c, v))
 			}
 		}
 		if len(parts) > 0 {

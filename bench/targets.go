@@ -15,7 +15,7 @@ const (
 	// native-offline each route must be expected to catch up.
 	restCatchUp     = 1.5
 	postgresCatchUp = 2.0
-	// flatLagMs bounds the W1 flat-out lag p99 of each route.
+	// flatLagMs bounds each route's flat-out lag p99 (only W1 has one).
 	flatLagMs = 1000.0
 	// wireRatio bounds the REST route's bytes per row over pgoutput's.
 	wireRatio = 0.3

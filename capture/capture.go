@@ -203,20 +203,20 @@ func (c *Capturer) Run(ctx context.Context) error {
 
 // session runs one replication connection until it fails or ctx is done.
 func (c *Capturer) session(ctx context.Context) error {
-	cfg, err := pgx.ParseConfig(c.opts.Database)
-	if err != nil {
-		return fmt.Errorf("database: %w", err)
-	}
-	// The slot hears of a position once the outbox commit that holds it
-	// returns, and never sends it again: that commit must be on disk when
-	// it returns, whatever synchronous_commit the server, database or role
-	// set. Local: a synchronous standby need not hold the outbox.
-	cfg.RuntimeParams["synchronous_commit"] = "local"
-	db, err := pgx.ConnectConfig(ctx, cfg)
+	db, err := pgx.Connect(ctx, c.opts.Database)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer db.Close(context.WithoutCancel(ctx))
+	// The slot hears of a position once the outbox commit that holds it
+	// returns, and never sends it again: that commit must be on disk when
+	// it returns. Where the server, database or role turned
+	// synchronous_commit off, the outbox's connection turns it back to
+	// local; a stronger setting (waiting for a standby) stays.
+	if _, err := db.Exec(ctx, `SELECT CASE WHEN current_setting('synchronous_commit') = 'off'
+		THEN set_config('synchronous_commit', 'local', false) END`); err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
 
 	res, err := Setup(ctx, db, SetupOptions{Slot: c.opts.Slot, Publication: c.opts.Publication, Tables: c.opts.Tables})
 	if errors.Is(err, ErrNoIdentity) {

@@ -191,26 +191,27 @@ func slotWALKeepSize(ctx context.Context, conn *pgx.Conn, _ Options) (Check, err
 	return c, nil
 }
 
-// walSenderTimeout accepts a wal_sender_timeout under capture's read
-// timeout, or none. Capture asks a silent server for an answer after half
-// its read timeout; a walsender replaying a large transaction reads the
-// question only every half of wal_sender_timeout, so a longer one can make
-// capture give up its session in the middle of every such transaction.
+// walSenderTimeout accepts a wal_sender_timeout of at most two thirds of
+// capture's read timeout (the default 60 s), or none. Capture asks a silent
+// server for an answer after half its read timeout; a walsender replaying a
+// large transaction reads the question only every half of
+// wal_sender_timeout, so a longer one can make capture give up its session
+// in the middle of every such transaction.
 func walSenderTimeout(ctx context.Context, conn *pgx.Conn, _ Options) (Check, error) {
 	c := Check{Name: "wal_sender_timeout"}
 	var ms int64
 	if err := conn.QueryRow(ctx, `SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout'`).Scan(&ms); err != nil {
 		return c, fmt.Errorf("read wal_sender_timeout: %w", err)
 	}
-	limit := capture.DefaultReadTimeout
+	limit := capture.DefaultReadTimeout * 2 / 3
 	d := time.Duration(ms) * time.Millisecond
 	switch {
 	case ms == 0:
 		c.OK, c.Detail = true, "0 (no timeout)"
-	case d < limit:
+	case d <= limit:
 		c.OK, c.Detail = true, d.String()
 	default:
-		c.Detail = fmt.Sprintf("%s: capture gives up a session after %s without a word from the server", d, limit)
+		c.Detail = fmt.Sprintf("%s: over %s, capture can give up its session while the server replays a large transaction", d, limit)
 		c.Fix = "ALTER SYSTEM SET wal_sender_timeout = '60s'; SELECT pg_reload_conf();"
 	}
 	return c, nil
