@@ -39,6 +39,7 @@ type options struct {
 	out        string   // directory for benchmarks.md and .json; "" writes nothing
 	parallel   int      // scenarios run at once
 	cpuprofile string   // directory for CPU profiles of pgcourier's processes; "" writes none
+	draws      int      // runs of each catch-up scenario (see catchUpDraws)
 	args       []string // the command line, for the report
 }
 
@@ -72,6 +73,7 @@ func parseFlags(args []string) (options, error) {
 	out := fs.String("out", "docs", "directory to write benchmarks.md and benchmarks.json into")
 	parallel := fs.Int("parallel", 1, "scenarios to run at once; more than 1 skews the figures (default 3 with -quick)")
 	cpuprofile := fs.String("cpuprofile", "", "directory to write a CPU profile of pgcourier's process in each scenario into, as WORKLOAD-CONTENDER.pprof")
+	draws := fs.Int("draws", 3, "runs of each catch-up scenario (W7 and W8 against native-offline, rest and postgres), compared by their medians (default 1 with -quick)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: go run ./bench [flags]\n\nworkloads:\n")
 		for _, w := range workloads {
@@ -90,7 +92,7 @@ func parseFlags(args []string) (options, error) {
 	if fs.NArg() > 0 {
 		return options{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	o := options{quick: *quick, out: *out, parallel: *parallel, cpuprofile: *cpuprofile, args: args}
+	o := options{quick: *quick, out: *out, parallel: *parallel, cpuprofile: *cpuprofile, draws: *draws, args: args}
 	if *quick {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -100,9 +102,15 @@ func parseFlags(args []string) (options, error) {
 		if !set["parallel"] {
 			o.parallel = 3
 		}
+		if !set["draws"] {
+			o.draws = 1
+		}
 	}
 	if o.parallel < 1 {
 		return options{}, fmt.Errorf("-parallel %d: must be at least 1", o.parallel)
+	}
+	if o.draws < 1 {
+		return options{}, fmt.Errorf("-draws %d: must be at least 1", o.draws)
 	}
 	var known []string
 	for _, w := range workloads {
@@ -168,20 +176,33 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 		}
 	}
 	type job struct {
-		w  *workload
-		ce contenderEntry
+		w    *workload
+		ce   contenderEntry
+		draw int
 	}
-	var jobs []job
+	var jobs, again []job
 	for _, w := range workloads {
 		for _, ce := range contenders {
 			if ce.name == "native-offline" && !w.backlog {
 				continue // with the link up throughout it is native
 			}
-			if slices.Contains(opts.workloads, w.id) && slices.Contains(opts.contenders, ce.name) {
-				jobs = append(jobs, job{w, ce})
+			if !slices.Contains(opts.workloads, w.id) || !slices.Contains(opts.contenders, ce.name) {
+				continue
+			}
+			if opts.draws == 1 || !catchUpDraw(w.id, ce.name) {
+				jobs = append(jobs, job{w, ce, 0})
+				continue
+			}
+			jobs = append(jobs, job{w, ce, 1})
+			for d := 2; d <= opts.draws; d++ {
+				again = append(again, job{w, ce, d})
 			}
 		}
 	}
+	// The repeats run last, away from the first draws, so that a stretch
+	// of load on the machine does not weigh on every draw of one scenario.
+	slices.SortStableFunc(again, func(a, b job) int { return a.draw - b.draw })
+	jobs = append(jobs, again...)
 	rep.Results = make([]result, len(jobs))
 	var (
 		wg     sync.WaitGroup
@@ -196,8 +217,13 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 		}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			log.printf("%s %s: %s, %s rows", j.w.id, j.ce.name, j.w.title, commas(float64(sz.rows[j.w.id])))
+			name := j.ce.name
+			if j.draw > 0 {
+				name = fmt.Sprintf("%s #%d", name, j.draw)
+			}
+			log.printf("%s %s: %s, %s rows", j.w.id, name, j.w.title, commas(float64(sz.rows[j.w.id])))
 			res, err := runScenario(ctx, j.w, j.ce, sz, opts.cpuprofile, log)
+			res.Draw = j.draw
 			if err != nil {
 				res.Error = err.Error()
 				mu.Lock()
@@ -214,6 +240,7 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
 	}
+	rep.order()
 	rep.finish(sz, time.Since(log.start))
 	if err := rep.markdown(stdout, false); err != nil {
 		return err

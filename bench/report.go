@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -229,14 +230,14 @@ func (r *report) tableRow(res result) []string {
 		}
 	}
 	if res.Error != "" {
-		row := []string{wl, res.Contender, "**failed**"}
+		row := []string{wl, label(res), "**failed**"}
 		for len(row) < len(tableHeader) {
 			row = append(row, dash)
 		}
 		return row
 	}
 	return []string{
-		wl, res.Contender, res.Mode,
+		wl, label(res), res.Mode,
 		commas(float64(res.Rows)),
 		commas(res.OfferedRowsPerS),
 		commas(res.RowsPerS),
@@ -368,17 +369,60 @@ const (
 	routerProbeCycle = router.DefaultProbeInterval
 )
 
-// drainSeconds returns, for one backlog workload, each contender's drain:
-// from the first row applied to the last, which the moment the link came
-// up within the contender's retry cycle does not change.
+// drainsOf returns each draw's drain of contender on a backlog workload, in
+// draw order: from the first row applied to the last, which the moment the
+// link came up within the contender's retry cycle does not change.
+func (r *report) drainsOf(workload, contender string) []float64 {
+	var out []float64
+	for _, res := range r.Results {
+		if res.Workload == workload && res.Contender == contender && res.Mode == "backlog" && res.Error == "" && res.FirstRowMs != nil {
+			out = append(out, res.Seconds-*res.FirstRowMs/1e3)
+		}
+	}
+	return out
+}
+
+// drainSeconds returns, for one backlog workload, each contender's drain,
+// the median of its draws.
 func (r *report) drainSeconds(workload string) map[string]float64 {
 	drain := map[string]float64{}
 	for _, res := range r.Results {
-		if res.Workload == workload && res.Mode == "backlog" && res.Error == "" && res.FirstRowMs != nil {
-			drain[res.Contender] = res.Seconds - *res.FirstRowMs/1e3
+		if _, done := drain[res.Contender]; !done && res.Workload == workload {
+			if ds := r.drainsOf(workload, res.Contender); len(ds) > 0 {
+				drain[res.Contender] = median(ds)
+			}
 		}
 	}
 	return drain
+}
+
+// median returns the middle of vs, or the mean of the two in the middle.
+func median(vs []float64) float64 {
+	s := slices.Sorted(slices.Values(vs))
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// label is res's contender, with its draw when the scenario ran more than
+// once.
+func label(res result) string {
+	if res.Draw > 0 {
+		return fmt.Sprintf("%s #%d", res.Contender, res.Draw)
+	}
+	return res.Contender
+}
+
+// order sorts the results by workload and contender, in the run's order,
+// and draw.
+func (r *report) order() {
+	wi := func(id string) int { return slices.IndexFunc(r.Workloads, func(w workloadInfo) bool { return w.ID == id }) }
+	ci := func(n string) int { return slices.IndexFunc(r.Contenders, func(c contenderInfo) bool { return c.Name == n }) }
+	slices.SortStableFunc(r.Results, func(a, b result) int {
+		return cmp.Or(cmp.Compare(wi(a.Workload), wi(b.Workload)), cmp.Compare(ci(a.Contender), ci(b.Contender)), cmp.Compare(a.Draw, b.Draw))
+	})
 }
 
 // expectedVsOffline returns how many times faster than native-offline the
@@ -404,9 +448,19 @@ func (r *report) drains() string {
 		drain := r.drainSeconds(w.ID)
 		var parts []string
 		for _, c := range []string{"native", "native-offline", "rest", "postgres"} {
-			if d, ok := drain[c]; ok {
-				parts = append(parts, fmt.Sprintf("%s %.2f s", c, d))
+			d, ok := drain[c]
+			if !ok {
+				continue
 			}
+			part := fmt.Sprintf("%s %.2f s", c, d)
+			if ds := r.drainsOf(w.ID, c); len(ds) > 1 {
+				var each []string
+				for _, v := range ds {
+					each = append(each, fmt.Sprintf("%.2f", v))
+				}
+				part += " (median of " + strings.Join(each, ", ") + ")"
+			}
+			parts = append(parts, part)
 		}
 		if len(parts) == 0 {
 			continue
@@ -454,7 +508,7 @@ func (r *report) notes(p func(string, ...any)) {
 	var first []string
 	for _, res := range r.Results {
 		if res.FirstRowMs != nil {
-			first = append(first, fmt.Sprintf("%s %s %s ms", res.Workload, res.Contender, commas(*res.FirstRowMs)))
+			first = append(first, fmt.Sprintf("%s %s %s ms", res.Workload, label(res), commas(*res.FirstRowMs)))
 		}
 	}
 	if len(first) > 0 {
@@ -472,7 +526,8 @@ func (r *report) notes(p func(string, ...any)) {
 			"the link came up; the wait does, and on average it is half the cycle: %.1f s for native-offline (its apply worker starts "+
 			"again every %s), %.1f s for pgcourier's routes (the router probes every %s). The expected catch-up of a link that comes "+
 			"back at a random moment is that average wait plus the drain; the ratio is native-offline's expected catch-up over the "+
-			"route's: %s.\n", nativeRetryCycle.Seconds()/2, nativeRetryCycle, routerProbeCycle.Seconds()/2, routerProbeCycle, d)
+			"route's. A contender that ran several draws (see Method) counts with its median drain: %s.\n",
+			nativeRetryCycle.Seconds()/2, nativeRetryCycle, routerProbeCycle.Seconds()/2, routerProbeCycle, d)
 	}
 	if pace := r.paceWithCapture(); pace != "" {
 		p("- The laptop's own pace with capture beside it: Offered rows/s of capture over that of decode (a bare pg_recvlogical "+
@@ -488,7 +543,7 @@ func (r *report) notes(p func(string, ...any)) {
 	}
 	for _, res := range r.Results {
 		if res.Error != "" {
-			p("- %s %s failed: %s\n", res.Workload, res.Contender, strings.ReplaceAll(res.Error, "\n", " "))
+			p("- %s %s failed: %s\n", res.Workload, label(res), strings.ReplaceAll(res.Error, "\n", " "))
 		}
 	}
 	p("\n")
@@ -537,6 +592,10 @@ func (r *report) method(p func(string, ...any)) {
 	p("runs every workload this way. pgcourier's routes capture throughout, as a laptop does offline: the harness waits until ")
 	p("the outbox holds the workload and its marker before the link comes up, so their catch-up is the shipping and applying of ")
 	p("a full outbox; their Offered rows/s is the workload's pace with capture running beside it.\n\n")
+	p("A backlog drains in a second or two, so one draw says as much about what else the machine did at that moment as about ")
+	p("the contender. The catch-ups the targets compare — W7 and W8 against native-offline, rest and postgres — therefore run ")
+	p("several times (`-draws`, 3 by default, 1 with -quick; the table numbers them #1, #2 …), the repeats after every other ")
+	p("scenario, and compare by the median of their drains and of their rows/s.\n\n")
 
 	p("### Measures\n\n")
 	p("- **Last row arrived**: after the workload a marker row is committed on the source. Changes arrive in commit order, ")

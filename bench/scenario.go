@@ -33,7 +33,10 @@ var clusterSettings = map[string]string{
 type result struct {
 	Workload  string `json:"workload"`
 	Contender string `json:"contender"`
-	Mode      string `json:"mode"` // live or backlog
+	// Draw numbers the repeats of a catch-up scenario (see catchUpDraws),
+	// from 1; 0 for a scenario run once.
+	Draw int    `json:"draw,omitempty"`
+	Mode string `json:"mode"` // live or backlog
 	// Rows is what the contender carried in the timed window: the
 	// workload's row changes, or for copy the final rows it copied.
 	Rows int64 `json:"rows"`
