@@ -418,8 +418,12 @@ func label(res result) string {
 // order sorts the results by workload and contender, in the run's order,
 // and draw.
 func (r *report) order() {
-	wi := func(id string) int { return slices.IndexFunc(r.Workloads, func(w workloadInfo) bool { return w.ID == id }) }
-	ci := func(n string) int { return slices.IndexFunc(r.Contenders, func(c contenderInfo) bool { return c.Name == n }) }
+	wi := func(id string) int {
+		return slices.IndexFunc(r.Workloads, func(w workloadInfo) bool { return w.ID == id })
+	}
+	ci := func(n string) int {
+		return slices.IndexFunc(r.Contenders, func(c contenderInfo) bool { return c.Name == n })
+	}
 	slices.SortStableFunc(r.Results, func(a, b result) int {
 		return cmp.Or(cmp.Compare(wi(a.Workload), wi(b.Workload)), cmp.Compare(ci(a.Contender), ci(b.Contender)), cmp.Compare(a.Draw, b.Draw))
 	})

@@ -313,6 +313,7 @@ func TestDraws(t *testing.T) {
 		"- postgres catch-up (W7) at least 2.0× native-offline's: 2.47× expected from the median drains of 3 draws; measured rows/s 2.00× native-offline's, met\n",
 		"| W7 edc mix backlog | postgres #2 | backlog |",
 		"W7 postgres #2 200 ms",
+		"- postgres first row within 2,000 ms of link up (W7): at most 1,000 ms, met\n",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q; got:\n%s", want, md)

@@ -78,7 +78,10 @@ func (r *report) goals() []goal {
 		worst, ids := 0.0, []string(nil)
 		for _, res := range r.Results {
 			if res.Contender == route && res.Error == "" && res.FirstRowMs != nil && slices.Contains(firstRowWorkloads, res.Workload) {
-				worst, ids = max(worst, *res.FirstRowMs), append(ids, res.Workload)
+				worst = max(worst, *res.FirstRowMs)
+				if !slices.Contains(ids, res.Workload) {
+					ids = append(ids, res.Workload)
+				}
 			}
 		}
 		if len(ids) > 0 {
