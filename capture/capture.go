@@ -421,7 +421,7 @@ func (s *stream) tick(ctx context.Context) error {
 			return err
 		}
 	}
-	if !now.Before(s.nextStatus) || (!s.asked && !now.Before(s.askAt())) {
+	if !now.Before(s.nextStatus) || s.mustAsk(now) {
 		return s.sendStatus(ctx)
 	}
 	return nil
@@ -441,6 +441,10 @@ func (s *stream) tick(ctx context.Context) error {
 func (s *stream) askAt() time.Time {
 	return s.heard.Add(s.c.opts.ReadTimeout / 2)
 }
+
+// mustAsk reports whether a status update sent at now asks the server for
+// an answer: askAt has passed and no question is out yet.
+func (s *stream) mustAsk(now time.Time) bool { return !s.asked && !now.Before(s.askAt()) }
 
 func (s *stream) copyData(ctx context.Context, data []byte) error {
 	if len(data) == 0 {
@@ -615,7 +619,7 @@ func (s *stream) flush(ctx context.Context) error {
 // Once the server has been silent past askAt, it asks for an answer.
 func (s *stream) sendStatus(ctx context.Context) error {
 	now := time.Now()
-	ask := !s.asked && !now.Before(s.askAt())
+	ask := s.mustAsk(now)
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.repl, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: pglogrepl.LSN(s.durable),
 		WALFlushPosition: pglogrepl.LSN(s.durable),
